@@ -1,0 +1,205 @@
+//! The admin listener: `POST /admin/v1/registrations`, `GET /admin/v1/stats`, `GET /metrics`.
+//!
+//! Served on its own socket, never on the public one. `/admin/*` needs the admin bearer token,
+//! compared in constant time; `/metrics` is open on this internal listener for Prometheus.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::body::{media_type, read_limited};
+use super::error::InvalidNumber;
+use super::{ApiError, SharedState};
+use crate::domain::E164;
+use crate::registry::Op;
+
+/// Largest admin request body (about 600,000 numbers); bulk loads use `registry import`.
+pub const ADMIN_BODY_LIMIT: usize = 16 << 20;
+
+/// The hash the admin token is compared through (hashing first makes the comparison
+/// independent of the token's length as well as its contents).
+pub fn hash_token(token: &str) -> blake3::Hash {
+    blake3::hash(token.as_bytes())
+}
+
+/// Refuses `/admin/*` requests without the admin token.
+pub async fn require_token(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| hash_token(t.trim()));
+    // blake3::Hash equality is constant-time.
+    if given == Some(state.admin_token_hash) {
+        next.run(request).await
+    } else {
+        ApiError::AdminUnauthorized.into_response()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeRequest {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+    #[serde(default)]
+    hide: Vec<String>,
+}
+
+/// Parses and checks a change request into operations, or says everything wrong with it.
+fn plan(request: &ChangeRequest) -> Result<Vec<Op>, ApiError> {
+    let lists: [(&'static str, &Vec<String>, fn(E164) -> Op); 3] = [
+        ("remove", &request.remove, Op::Remove),
+        ("add", &request.add, Op::Add),
+        ("hide", &request.hide, Op::Hide),
+    ];
+    let mut ops = Vec::new();
+    let mut invalid = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut seen = HashSet::new();
+    for (field, list, make) in lists {
+        for (index, text) in list.iter().enumerate() {
+            match E164::parse(text) {
+                Ok(number) if seen.insert(number) => ops.push(make(number)),
+                Ok(_) => conflicts.push(InvalidNumber {
+                    field,
+                    index,
+                    reason: "appears more than once in this request".into(),
+                }),
+                Err(why) => invalid.push(InvalidNumber {
+                    field,
+                    index,
+                    reason: why.to_string(),
+                }),
+            }
+        }
+    }
+    if !invalid.is_empty() {
+        return Err(ApiError::InvalidNumbers(invalid));
+    }
+    if !conflicts.is_empty() {
+        return Err(ApiError::ConflictingChanges(conflicts));
+    }
+    Ok(ops)
+}
+
+/// `POST /admin/v1/registrations`: adds, removes and hides numbers; answers only once durable.
+pub async fn change_registrations(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if media_type(&headers).as_deref() != Some("application/json") {
+        return Err(ApiError::UnsupportedContentType {
+            expected: "application/json",
+        });
+    }
+    let raw = read_limited(&headers, body, ADMIN_BODY_LIMIT).await?;
+    let request: ChangeRequest = serde_json::from_slice(&raw).map_err(|err| {
+        ApiError::MalformedBody(format!(
+            "expected {{\"add\": [E.164...], \"remove\": [...], \"hide\": [...]}} (line {}, column {})",
+            err.line(),
+            err.column()
+        ))
+    })?;
+    let ops = plan(&request)?;
+    let started = Instant::now();
+    let registry = std::sync::Arc::clone(&state.registry);
+    let applied = ops.len();
+    let version = tokio::task::spawn_blocking(move || registry.apply(&ops))
+        .await
+        .map_err(|_| ApiError::Storage)?
+        .map_err(|err| {
+            tracing::error!(error = %err, "registry write failed; change not acknowledged");
+            ApiError::Storage
+        })?;
+    state
+        .metrics
+        .registry_write_seconds
+        .observe(started.elapsed().as_secs_f64());
+    state.metrics.set_registry_counts(state.registry.counts());
+    Ok(Json(json!({ "applied": applied, "version": version })).into_response())
+}
+
+/// `GET /admin/v1/stats`: registry size, live indexes, readiness, limiter size.
+pub async fn stats(State(state): State<SharedState>) -> Json<serde_json::Value> {
+    let now = state.clock.now_secs();
+    let schedule = state.indexes.policy().schedule;
+    let indexes: Vec<_> = state
+        .indexes
+        .snapshot()
+        .into_iter()
+        .map(|(epoch, live)| {
+            json!({
+                "epoch": epoch.0,
+                "entries": live.index.len(),
+                "heap_bytes": live.index.heap_bytes(),
+                "registry_version": live.registry_version,
+                "build_seconds": live.build_seconds,
+            })
+        })
+        .collect();
+    Json(json!({
+        "ready": state.indexes.is_ready(now),
+        "current_epoch": schedule.epoch_at(now).0,
+        "epoch_seconds": schedule.length_secs(),
+        "registry": {
+            "version": state.registry.version(),
+            "counts": state.registry.counts(),
+        },
+        "indexes": indexes,
+        "rate_limited_users_tracked": state.limiter.tracked_users(),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    }))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<SharedState>) -> Response {
+    state.metrics.set_registry_counts(state.registry.counts());
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(add: &[&str], remove: &[&str], hide: &[&str]) -> ChangeRequest {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        ChangeRequest { add: v(add), remove: v(remove), hide: v(hide) }
+    }
+
+    #[test]
+    fn invalid_numbers_are_reported_by_position() {
+        let err = plan(&req(&["+15550000001", "15550000002"], &[], &["+0123"])).unwrap_err();
+        let ApiError::InvalidNumbers(list) = err else { panic!("wrong error") };
+        assert_eq!(list.len(), 2);
+        assert_eq!((list[0].field, list[0].index), ("add", 1));
+        assert_eq!((list[1].field, list[1].index), ("hide", 0));
+    }
+
+    #[test]
+    fn the_same_number_twice_is_a_conflict() {
+        let err = plan(&req(&["+15550000001"], &["+15550000001"], &[])).unwrap_err();
+        assert_eq!(err.code(), "conflicting_changes");
+        assert_eq!(plan(&req(&["+1555"], &["+1666"], &["+1777"])).unwrap().len(), 3);
+    }
+}

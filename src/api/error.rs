@@ -1,0 +1,276 @@
+//! The one error type of the HTTP API: every variant has a status and a stable `code`.
+//!
+//! Messages are fixed text plus numbers the server chose or counted (limits, indexes, epochs);
+//! none carries a byte of what the client uploaded.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::domain::CredentialError;
+
+/// Where in an admin request an invalid number sits.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InvalidNumber {
+    /// `add`, `remove` or `hide`.
+    pub field: &'static str,
+    /// Position in that list.
+    pub index: usize,
+    /// Why it is not a strict E.164 number.
+    pub reason: String,
+}
+
+/// What a client needs to retry on the current epoch at once.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EpochInfo {
+    /// Current epoch number.
+    pub epoch: u64,
+    /// Its salt, base64url without padding.
+    pub salt: String,
+    /// End of the epoch, RFC 3339.
+    pub not_after: String,
+    /// Bytes per fingerprint (8).
+    pub fingerprint_bytes: usize,
+    /// Most fingerprints accepted in one request.
+    pub max_batch: usize,
+}
+
+/// Every way an API request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No `Authorization: Bearer` header.
+    #[error("missing credential: send Authorization: Bearer <credential>")]
+    MissingCredential,
+    /// The credential is malformed, forged or too long-lived.
+    #[error("invalid credential: {0}")]
+    InvalidCredential(CredentialError),
+    /// The credential has expired.
+    #[error("the credential has expired; fetch a new one from the messaging backend")]
+    ExpiredCredential,
+    /// Admin request without the right token.
+    #[error("missing or wrong admin token")]
+    AdminUnauthorized,
+    /// Content-Type is not one the route accepts.
+    #[error("unsupported content type; use {expected}")]
+    UnsupportedContentType {
+        /// What the route accepts.
+        expected: &'static str,
+    },
+    /// The body exceeds the route's byte limit.
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// More fingerprints than `max_batch`.
+    #[error("more than {max} fingerprints in one request; split the batch")]
+    BatchTooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// The body cannot be decoded.
+    #[error("malformed request body: {0}")]
+    MalformedBody(String),
+    /// A fingerprint is not 8 bytes.
+    #[error("fingerprint {index} is not 8 bytes")]
+    FingerprintLength {
+        /// Its position in the batch.
+        index: usize,
+    },
+    /// The epoch named is not served; retry with the current one (in the body).
+    #[error("epoch is not served (expired or unknown); retry with the current epoch")]
+    EpochUnavailable(Box<EpochInfo>),
+    /// The caller's fingerprint budget is spent.
+    #[error("rate limit reached; retry after {retry_after} seconds")]
+    RateLimited {
+        /// Seconds to wait.
+        retry_after: u64,
+    },
+    /// The current epoch's index is not built yet.
+    #[error("the service is starting; the match index is not built yet")]
+    NotReady,
+    /// Admin request names invalid numbers; nothing was applied.
+    #[error("{} invalid numbers; nothing was applied", .0.len())]
+    InvalidNumbers(Vec<InvalidNumber>),
+    /// Admin request names a number in more than one list; nothing was applied.
+    #[error("a number appears more than once across add, remove and hide; nothing was applied")]
+    ConflictingChanges(Vec<InvalidNumber>),
+    /// No such route.
+    #[error("no such route")]
+    NotFound,
+    /// The route exists but not for this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// A handler panicked (a bug); the message is fixed so no request data can leak through it.
+    #[error("internal error")]
+    Panic,
+    /// The registry could not make a change durable; nothing was acknowledged.
+    #[error("the registry could not store the change; nothing was applied")]
+    Storage,
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            MissingCredential | InvalidCredential(_) | ExpiredCredential | AdminUnauthorized => {
+                StatusCode::UNAUTHORIZED
+            }
+            UnsupportedContentType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyTooLarge { .. } | BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            MalformedBody(_) => StatusCode::BAD_REQUEST,
+            FingerprintLength { .. } | InvalidNumbers(_) | ConflictingChanges(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            EpochUnavailable(_) => StatusCode::GONE,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Panic | Storage => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            MissingCredential => "missing_credential",
+            InvalidCredential(_) => "invalid_credential",
+            ExpiredCredential => "expired_credential",
+            AdminUnauthorized => "invalid_admin_token",
+            UnsupportedContentType { .. } => "unsupported_content_type",
+            BodyTooLarge { .. } => "body_too_large",
+            BatchTooLarge { .. } => "batch_too_large",
+            MalformedBody(_) => "malformed_body",
+            FingerprintLength { .. } => "invalid_fingerprint_length",
+            EpochUnavailable(_) => "epoch_unavailable",
+            RateLimited { .. } => "rate_limited",
+            NotReady => "not_ready",
+            InvalidNumbers(_) => "invalid_numbers",
+            ConflictingChanges(_) => "conflicting_changes",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            Panic => "internal",
+            Storage => "storage_unavailable",
+        }
+    }
+
+    /// Every code, for documentation tests.
+    pub const CODES: &'static [&'static str] = &[
+        "missing_credential",
+        "invalid_credential",
+        "expired_credential",
+        "invalid_admin_token",
+        "unsupported_content_type",
+        "body_too_large",
+        "batch_too_large",
+        "malformed_body",
+        "invalid_fingerprint_length",
+        "epoch_unavailable",
+        "rate_limited",
+        "not_ready",
+        "invalid_numbers",
+        "conflicting_changes",
+        "not_found",
+        "method_not_allowed",
+        "internal",
+        "storage_unavailable",
+    ];
+}
+
+impl From<CredentialError> for ApiError {
+    fn from(err: CredentialError) -> Self {
+        match err {
+            CredentialError::Expired => ApiError::ExpiredCredential,
+            other => ApiError::InvalidCredential(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = json!({ "code": self.code(), "message": self.to_string() });
+        let mut retry_after = None;
+        match &self {
+            ApiError::EpochUnavailable(info) => {
+                body["current"] = json!(info);
+            }
+            ApiError::RateLimited { retry_after: secs } => {
+                body["retry_after"] = json!(secs);
+                retry_after = Some(*secs);
+            }
+            ApiError::NotReady => {
+                body["retry_after"] = json!(1);
+                retry_after = Some(1);
+            }
+            ApiError::InvalidNumbers(list) | ApiError::ConflictingChanges(list) => {
+                body["invalid"] = json!(list);
+            }
+            ApiError::MissingCredential
+            | ApiError::InvalidCredential(_)
+            | ApiError::ExpiredCredential
+            | ApiError::AdminUnauthorized => {}
+            _ => {}
+        }
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"contact-discovery\""),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_code_is_listed_and_distinct() {
+        let samples = [
+            ApiError::MissingCredential,
+            ApiError::InvalidCredential(CredentialError::BadMac),
+            ApiError::ExpiredCredential,
+            ApiError::AdminUnauthorized,
+            ApiError::UnsupportedContentType { expected: "x" },
+            ApiError::BodyTooLarge { limit: 1 },
+            ApiError::BatchTooLarge { max: 1 },
+            ApiError::MalformedBody(String::new()),
+            ApiError::FingerprintLength { index: 0 },
+            ApiError::EpochUnavailable(Box::new(EpochInfo {
+                epoch: 0,
+                salt: String::new(),
+                not_after: String::new(),
+                fingerprint_bytes: 8,
+                max_batch: 1,
+            })),
+            ApiError::RateLimited { retry_after: 1 },
+            ApiError::NotReady,
+            ApiError::InvalidNumbers(vec![]),
+            ApiError::ConflictingChanges(vec![]),
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed,
+            ApiError::Panic,
+            ApiError::Storage,
+        ];
+        let codes: Vec<_> = samples.iter().map(ApiError::code).collect();
+        assert_eq!(codes, ApiError::CODES);
+        for e in &samples {
+            let client_error = e.status().is_client_error();
+            let server_side = matches!(e, ApiError::NotReady | ApiError::Panic | ApiError::Storage);
+            assert!(client_error ^ server_side, "{}", e.code());
+        }
+    }
+}

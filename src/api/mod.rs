@@ -1,0 +1,109 @@
+//! The HTTP API: the public listener (epoch, discover, health) and the admin listener
+//! (registrations, stats, metrics), with the middleware both share.
+
+pub mod admin;
+pub mod body;
+pub mod codec;
+pub mod error;
+pub mod public;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+pub use error::{ApiError, EpochInfo};
+
+use crate::clock::Clock;
+use crate::domain::{CredentialKey, ServerSecret};
+use crate::metrics::Metrics;
+use crate::ratelimit::FingerprintLimiter;
+use crate::registry::Registry;
+use crate::rotation::LiveIndexes;
+
+/// Everything a handler needs, shared by both listeners.
+pub struct AppState {
+    /// The live match indexes.
+    pub indexes: Arc<LiveIndexes>,
+    /// The durable registry.
+    pub registry: Arc<Registry>,
+    /// Salts come from here.
+    pub secret: ServerSecret,
+    /// Verifies caller credentials; `None` when auth is switched off for a demo.
+    pub credential_key: Option<CredentialKey>,
+    /// Longest credential lifetime accepted, seconds.
+    pub max_credential_ttl: u64,
+    /// BLAKE3 hash of the admin token (compared in constant time).
+    pub admin_token_hash: blake3::Hash,
+    /// Per-user fingerprint budget.
+    pub limiter: FingerprintLimiter,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Time.
+    pub clock: Clock,
+    /// Most fingerprints per request.
+    pub max_batch: usize,
+    /// When the process started.
+    pub started: Instant,
+}
+
+/// Shared state as handlers see it.
+pub type SharedState = Arc<AppState>;
+
+/// Which listener a request came in on (a metric label).
+#[derive(Clone, Copy)]
+pub struct Listener(pub &'static str);
+
+/// Counts and times every request by listener, route template and status, and marks every
+/// response `Cache-Control: no-store`. Route templates only: never the raw path or query.
+pub async fn observe(
+    State((state, listener)): State<(SharedState, Listener)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let status = response.status();
+    let labels = [listener.0, route.as_str(), status.as_str()];
+    state.metrics.http_requests.with_label_values(&labels).inc();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    tracing::debug!(
+        listener = listener.0,
+        route = %route,
+        status = status.as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+/// JSON 404 for unknown routes.
+pub async fn not_found() -> Response {
+    ApiError::NotFound.into_response()
+}
+
+/// JSON 405 for known routes with the wrong method.
+pub async fn method_not_allowed() -> Response {
+    ApiError::MethodNotAllowed.into_response()
+}
+
+/// Turns a handler panic into a fixed JSON 500. The panic payload is dropped unread, so nothing
+/// it might contain reaches the client.
+pub fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked; answered 500");
+    ApiError::Panic.into_response()
+}

@@ -1,0 +1,118 @@
+//! The public listener: `GET /v1/epoch`, `POST /v1/discover`, `GET /healthz`, `GET /readyz`.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::body::{media_type, read_limited};
+use super::codec::{self, Format};
+use super::{ApiError, EpochInfo, SharedState};
+use crate::domain::{Epoch, FINGERPRINT_BYTES, UserId};
+use crate::rotation::EpochRefusal;
+
+/// The user every request is attributed to when auth is switched off.
+const ANONYMOUS: &str = "insecure-anonymous";
+
+/// What clients need to compute fingerprints for `epoch`.
+pub fn epoch_info(state: &SharedState, epoch: Epoch) -> EpochInfo {
+    let schedule = state.indexes.policy().schedule;
+    let not_after = std::time::UNIX_EPOCH + std::time::Duration::from_secs(schedule.end(epoch));
+    EpochInfo {
+        epoch: epoch.0,
+        salt: URL_SAFE_NO_PAD.encode(state.secret.salt(epoch).as_bytes()),
+        not_after: humantime::format_rfc3339_seconds(not_after).to_string(),
+        fingerprint_bytes: FINGERPRINT_BYTES,
+        max_batch: state.max_batch,
+    }
+}
+
+/// `GET /v1/epoch`: the current epoch and its salt.
+pub async fn get_epoch(State(state): State<SharedState>) -> Json<EpochInfo> {
+    let now = state.clock.now_secs();
+    let epoch = state.indexes.policy().schedule.epoch_at(now);
+    Json(epoch_info(&state, epoch))
+}
+
+/// Checks the bearer credential and returns the caller.
+fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    let Some(key) = &state.credential_key else {
+        return UserId::parse(ANONYMOUS).map_err(|_| ApiError::MissingCredential);
+    };
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(ApiError::MissingCredential)?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::InvalidCredential(
+            crate::domain::CredentialError::Malformed,
+        ))?;
+    let credential = key.verify(token.trim(), state.clock.now_secs(), state.max_credential_ttl)?;
+    Ok(credential.user)
+}
+
+/// `POST /v1/discover`: which of the uploaded fingerprints belong to registered users.
+pub async fn discover(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers)?;
+    let format = Format::from_media_type(media_type(&headers).as_deref())?;
+    let raw = read_limited(&headers, body, format.body_limit(state.max_batch)).await?;
+    let request = codec::decode(format, &raw, state.max_batch)?;
+    drop(raw); // wiped now: only the decoded, zeroizing fingerprints remain
+
+    let now = state.clock.now_secs();
+    let index = state
+        .indexes
+        .for_request(request.epoch, now)
+        .map_err(|refusal| match refusal {
+            EpochRefusal::Unavailable { current } => {
+                ApiError::EpochUnavailable(Box::new(epoch_info(&state, current)))
+            }
+            EpochRefusal::NotReady => ApiError::NotReady,
+        })?;
+
+    let n = request.fingerprints.len();
+    if let Err(limited) = state.limiter.check(&user, n) {
+        state.metrics.rate_limited.inc();
+        return Err(ApiError::RateLimited {
+            retry_after: limited.retry_after_secs,
+        });
+    }
+
+    let mut bitmap = Zeroizing::new(vec![0u8; n.div_ceil(8)]);
+    let matches = index.lookup_into_bitmap(&request.fingerprints, &mut bitmap);
+    drop(request);
+    state.metrics.fingerprints.inc_by(n as u64);
+    state.metrics.batch_size.observe(n as f64);
+    state.metrics.matches.inc_by(matches as u64);
+
+    let encoded = codec::encode(format, index.epoch().0, n, &bitmap);
+    // The body owns the zeroizing buffer, so it is wiped once hyper has written it.
+    let body = Body::from(Bytes::from_owner(encoded));
+    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: 200 once the current epoch's index is built, else 503.
+pub async fn readyz(State(state): State<SharedState>) -> Response {
+    if state.indexes.is_ready(state.clock.now_secs()) {
+        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    } else {
+        ApiError::NotReady.into_response()
+    }
+}

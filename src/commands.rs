@@ -1,0 +1,182 @@
+//! What each command-line command does. `main.rs` only parses arguments and calls these.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ServeArgs, default_credential_key_path};
+use crate::domain::secret::{self, KeyFileError};
+use crate::domain::{CredentialKey, E164, UserId};
+use crate::registry::{Registry, RegistryError, Visibility, generate};
+use crate::startup::{Application, StartupError, shutdown_signal};
+
+/// A command failed; the message is for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The service failed to start.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Registry problem.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Key problem.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    /// Reading or writing a file or stream failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The input was refused; details were printed.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CommandError {
+    let what = what.into();
+    move |source| CommandError::Io { what, source }
+}
+
+/// Sets up logging to stderr with `filter` unless `RUST_LOG` is set.
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `serve`: runs the service until SIGTERM or Ctrl-C.
+pub fn serve(args: &ServeArgs) -> Result<(), CommandError> {
+    let config = Config::load(args)?;
+    init_logging(&config.log);
+    if let Err(err) = crate::hardening::disable_core_dumps() {
+        tracing::warn!(error = %err, "could not disable core dumps");
+    }
+    tracing::info!(config = ?config, "starting");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting the async runtime"))?;
+    runtime.block_on(async move {
+        if config.demo {
+            crate::demo::seed_if_empty(&config)?;
+        }
+        let app = Application::build(config.clone()).await?;
+        app.warm_up().await;
+        tracing::info!(
+            public = %app.public_addr(),
+            admin = %app.admin_addr(),
+            "listening"
+        );
+        if config.demo {
+            crate::demo::print_instructions(&config, &app);
+        }
+        app.run_until_stopped(shutdown_signal())
+            .await
+            .map_err(io("serving"))
+    })
+}
+
+/// `registry import`: adds one E.164 per line (optionally followed by `hidden`); all or nothing
+/// unless `skip_invalid`. Returns how many were imported.
+pub fn registry_import(data_dir: &Path, file: &Path, skip_invalid: bool) -> Result<usize, CommandError> {
+    let reader: Box<dyn BufRead> = if file == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).map_err(io(format!("opening {}", file.display())))?,
+        ))
+    };
+    let mut entries = Vec::new();
+    let mut bad = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(io(format!("reading {}", file.display())))?;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let number = fields.next().map(E164::parse);
+        let visibility = match fields.next() {
+            None => Some(Visibility::Discoverable),
+            Some("hidden") => Some(Visibility::Hidden),
+            Some(_) => None,
+        };
+        match (number, visibility, fields.next()) {
+            (Some(Ok(n)), Some(v), None) => entries.push((n, v)),
+            (Some(Err(why)), _, _) => bad.push((i + 1, why.to_string())),
+            _ => bad.push((i + 1, "expected '+E164' or '+E164 hidden'".to_owned())),
+        }
+    }
+    for (line, why) in bad.iter().take(50) {
+        eprintln!("{}:{line}: {why}", file.display());
+    }
+    if bad.len() > 50 {
+        eprintln!("... and {} more invalid lines", bad.len() - 50);
+    }
+    if !bad.is_empty() && !skip_invalid {
+        return Err(CommandError::Refused(format!(
+            "{} invalid lines; nothing imported (use --skip-invalid to import the rest)",
+            bad.len()
+        )));
+    }
+    let (registry, _) = Registry::open(data_dir)?;
+    registry.import(&entries)?;
+    eprintln!(
+        "imported {} numbers ({} invalid lines skipped); registry now holds {:?}",
+        entries.len(),
+        bad.len(),
+        registry.counts()
+    );
+    Ok(entries.len())
+}
+
+/// `registry export`: every registration, one per line, `hidden` marked.
+pub fn registry_export(data_dir: &Path, out: &mut dyn Write) -> Result<(), CommandError> {
+    let (registry, _) = Registry::open(data_dir)?;
+    let mut out = BufWriter::new(out);
+    for (number, visibility) in registry.entries() {
+        match visibility {
+            Visibility::Discoverable => writeln!(out, "{number}"),
+            Visibility::Hidden => writeln!(out, "{number} hidden"),
+        }
+        .map_err(io("writing the export"))?;
+    }
+    out.flush().map_err(io("writing the export"))
+}
+
+/// `registry generate`: synthetic numbers, one per line.
+pub fn registry_generate(count: usize, seed: u64, out: &mut dyn Write) -> Result<(), CommandError> {
+    let mut out = BufWriter::new(out);
+    for number in generate::numbers(count, seed) {
+        writeln!(out, "{number}").map_err(io("writing numbers"))?;
+    }
+    out.flush().map_err(io("writing numbers"))
+}
+
+/// `credential`: mints a credential for `user` valid for `ttl`.
+pub fn credential(
+    data_dir: &Path,
+    key_file: Option<PathBuf>,
+    user: &str,
+    ttl: std::time::Duration,
+) -> Result<String, CommandError> {
+    let user = UserId::parse(user).map_err(|e| CommandError::Refused(e.to_string()))?;
+    let key = match key_file {
+        Some(path) => secret::read_key(&path)?,
+        None => {
+            std::fs::create_dir_all(data_dir).map_err(io("creating the data directory"))?;
+            secret::read_or_create_key(&default_credential_key_path(data_dir))?.0
+        }
+    };
+    let now = crate::clock::Clock::System.now_secs();
+    Ok(CredentialKey::from_bytes(key).mint(&user, now + ttl.as_secs().max(1)))
+}

@@ -1,0 +1,290 @@
+//! The service's configuration: one typed struct, layered from built-in defaults, an optional
+//! TOML file, `CONTACT_DISCOVERY_*` environment variables and command-line flags (last wins).
+//! The defaults run out of the box on one machine.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Default data directory (relative to the working directory).
+pub const DEFAULT_DATA_DIR: &str = "data";
+
+/// Every setting of `serve`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Registry, generated keys and the admin token live here.
+    pub data_dir: PathBuf,
+    /// Public listener.
+    pub listen: SocketAddr,
+    /// Admin listener (registrations, stats, metrics). Keep it internal.
+    pub admin_listen: SocketAddr,
+    /// Admin bearer token; generated into `<data-dir>/admin.token` when unset.
+    pub admin_token: Option<String>,
+    /// Credential key file (64 hex chars); `<data-dir>/credential.key`, generated, when unset.
+    pub credential_key_file: Option<PathBuf>,
+    /// Server secret file (64 hex chars); `<data-dir>/server.secret`, generated, when unset.
+    pub server_secret_file: Option<PathBuf>,
+    /// Server secret as 64 hex chars (from the environment); overrides the file.
+    pub server_secret: Option<String>,
+    /// Epoch length in seconds (at least 60).
+    pub epoch_seconds: u64,
+    /// How long after a rotation the previous epoch is still answered (clamped to one epoch).
+    pub epoch_grace_seconds: u64,
+    /// Most fingerprints per discovery request.
+    pub max_batch: usize,
+    /// Fingerprints a user may look up at once (the bucket size).
+    pub rate_limit_burst: u32,
+    /// Fingerprints added back to a user's bucket per day.
+    pub rate_limit_refill_per_day: u32,
+    /// Longest credential lifetime accepted, seconds.
+    pub max_credential_ttl_seconds: u64,
+    /// Accept discovery requests without credentials (demos only; loud).
+    pub insecure_no_auth: bool,
+    /// Seed a synthetic registry when empty and print a ready-to-paste request.
+    pub demo: bool,
+    /// Log filter (`RUST_LOG` syntax), e.g. `info` or `contact_discovery=debug`.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin_token: None,
+            credential_key_file: None,
+            server_secret_file: None,
+            server_secret: None,
+            epoch_seconds: 86_400,
+            epoch_grace_seconds: 3_600,
+            max_batch: 50_000,
+            rate_limit_burst: 50_000,
+            rate_limit_refill_per_day: 2_000,
+            max_credential_ttl_seconds: 7 * 86_400,
+            insecure_no_auth: false,
+            demo: false,
+            log: "info".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    /// Secrets are shown as set or unset, never by value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |o: &Option<String>| if o.is_some() { "<set>" } else { "<unset>" };
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("admin_token", &set(&self.admin_token))
+            .field("credential_key_file", &self.credential_key_file)
+            .field("server_secret_file", &self.server_secret_file)
+            .field("server_secret", &set(&self.server_secret))
+            .field("epoch_seconds", &self.epoch_seconds)
+            .field("epoch_grace_seconds", &self.epoch_grace_seconds)
+            .field("max_batch", &self.max_batch)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("rate_limit_refill_per_day", &self.rate_limit_refill_per_day)
+            .field("max_credential_ttl_seconds", &self.max_credential_ttl_seconds)
+            .field("insecure_no_auth", &self.insecure_no_auth)
+            .field("demo", &self.demo)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or has the wrong shape.
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is out of range.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// `serve` flags; each is also read from `CONTACT_DISCOVERY_<NAME>`. Unset flags fall through to
+/// the config file, then to the defaults.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "CONTACT_DISCOVERY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: data].
+    #[arg(long, env = "CONTACT_DISCOVERY_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Public listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "CONTACT_DISCOVERY_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Admin listen address [default: 127.0.0.1:9090].
+    #[arg(long, env = "CONTACT_DISCOVERY_ADMIN_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Admin bearer token [default: generated into <data-dir>/admin.token].
+    #[arg(long, env = "CONTACT_DISCOVERY_ADMIN_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+    /// Credential key file, 64 hex chars [default: generated <data-dir>/credential.key].
+    #[arg(long, env = "CONTACT_DISCOVERY_CREDENTIAL_KEY_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_key_file: Option<PathBuf>,
+    /// Server secret file, 64 hex chars [default: generated <data-dir>/server.secret].
+    #[arg(long, env = "CONTACT_DISCOVERY_SERVER_SECRET_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_secret_file: Option<PathBuf>,
+    /// Server secret as 64 hex chars; overrides the file. Prefer the environment to the flag.
+    #[arg(long, env = "CONTACT_DISCOVERY_SERVER_SECRET", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_secret: Option<String>,
+    /// Epoch length in seconds, at least 60 [default: 86400].
+    #[arg(long, env = "CONTACT_DISCOVERY_EPOCH_SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch_seconds: Option<u64>,
+    /// Seconds the previous epoch is still answered after a rotation [default: 3600].
+    #[arg(long, env = "CONTACT_DISCOVERY_EPOCH_GRACE_SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch_grace_seconds: Option<u64>,
+    /// Most fingerprints per request [default: 50000].
+    #[arg(long, env = "CONTACT_DISCOVERY_MAX_BATCH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<usize>,
+    /// Per-user bucket of fingerprint lookups [default: 50000].
+    #[arg(long, env = "CONTACT_DISCOVERY_RATE_LIMIT_BURST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_burst: Option<u32>,
+    /// Lookups added back to the bucket per day [default: 2000].
+    #[arg(long, env = "CONTACT_DISCOVERY_RATE_LIMIT_REFILL_PER_DAY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_refill_per_day: Option<u32>,
+    /// Longest credential lifetime accepted, seconds [default: 604800].
+    #[arg(long, env = "CONTACT_DISCOVERY_MAX_CREDENTIAL_TTL_SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_credential_ttl_seconds: Option<u64>,
+    /// Accept requests without credentials. For local demos only.
+    #[arg(long, env = "CONTACT_DISCOVERY_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure_no_auth: Option<bool>,
+    /// Seed a synthetic registry if empty and print a ready-to-paste request.
+    #[arg(long, env = "CONTACT_DISCOVERY_DEMO", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demo: Option<bool>,
+    /// Log filter, RUST_LOG syntax [default: info].
+    #[arg(long, env = "CONTACT_DISCOVERY_LOG")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+}
+
+impl Config {
+    /// Layers defaults, the optional file, then environment and flags (already merged by clap).
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &args.config {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment
+            .merge(Serialized::defaults(args))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.epoch_seconds < 60 {
+            return invalid("epoch_seconds must be at least 60");
+        }
+        if self.max_batch == 0 {
+            return invalid("max_batch must be at least 1");
+        }
+        if self.rate_limit_burst == 0 || self.rate_limit_refill_per_day == 0 {
+            return invalid("rate_limit_burst and rate_limit_refill_per_day must be positive");
+        }
+        if self.max_batch > self.rate_limit_burst as usize {
+            return invalid("max_batch must not exceed rate_limit_burst, or a full batch could never pass");
+        }
+        if self.max_credential_ttl_seconds == 0 {
+            return invalid("max_credential_ttl_seconds must be positive");
+        }
+        if self.admin_token.as_ref().is_some_and(|t| t.trim().len() < 16) {
+            return invalid("admin_token must be at least 16 characters");
+        }
+        Ok(())
+    }
+
+    /// Where the credential key is read from.
+    pub fn credential_key_path(&self) -> PathBuf {
+        self.credential_key_file
+            .clone()
+            .unwrap_or_else(|| default_credential_key_path(&self.data_dir))
+    }
+}
+
+/// `<data-dir>/credential.key`.
+pub fn default_credential_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("credential.key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        let loaded = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(loaded.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "epoch_seconds = 120\nmax_batch = 10\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            max_batch: Some(20),
+            ..ServeArgs::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!((c.epoch_seconds, c.max_batch), (120, 20));
+        assert_eq!(c.epoch_grace_seconds, 3_600);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "epoch_secondz = 120\n").unwrap();
+        let args = ServeArgs { config: Some(file), ..ServeArgs::default() };
+        assert!(Config::load(&args).is_err());
+        let args = ServeArgs { epoch_seconds: Some(59), ..ServeArgs::default() };
+        assert!(Config::load(&args).is_err());
+        let args = ServeArgs { max_batch: Some(60_000), ..ServeArgs::default() };
+        assert!(Config::load(&args).is_err());
+        let missing = ServeArgs { config: Some(dir.path().join("nope.toml")), ..ServeArgs::default() };
+        assert!(Config::load(&missing).is_err());
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = Config {
+            admin_token: Some("super-secret-admin-token".into()),
+            server_secret: Some("ab".repeat(32)),
+            ..Config::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("super-secret"));
+        assert!(!shown.contains("abab"));
+    }
+}

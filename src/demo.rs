@@ -1,0 +1,61 @@
+//! `serve --demo`: a synthetic registry on first start and a request to paste.
+
+use crate::api::codec::{Format, encode_request};
+use crate::commands::CommandError;
+use crate::config::Config;
+use crate::domain::{E164, Fingerprint, UserId};
+use crate::registry::{Registry, Visibility, generate};
+use crate::startup::{Application, load_keys};
+
+/// Numbers the demo registry holds.
+pub const DEMO_REGISTRATIONS: usize = 100_000;
+/// Seed of the demo registry.
+pub const DEMO_SEED: u64 = 1;
+
+/// Seeds the registry with synthetic numbers if it is empty.
+pub fn seed_if_empty(config: &Config) -> Result<(), CommandError> {
+    let (registry, _) = Registry::open(&config.data_dir)?;
+    let counts = registry.counts();
+    if counts.discoverable + counts.hidden > 0 {
+        return Ok(());
+    }
+    let entries: Vec<_> = generate::numbers(DEMO_REGISTRATIONS, DEMO_SEED)
+        .into_iter()
+        .map(|n| (n, Visibility::Discoverable))
+        .collect();
+    registry.import(&entries)?;
+    tracing::info!(count = entries.len(), "demo: seeded a synthetic registry");
+    Ok(())
+}
+
+/// Prints a credential and a `curl` request mixing registered and unregistered numbers.
+pub fn print_instructions(config: &Config, app: &Application) {
+    let state = app.state();
+    let now = state.clock.now_secs();
+    let epoch = state.indexes.policy().schedule.epoch_at(now);
+    let salt = state.secret.salt(epoch);
+    let (registered, _) = state.registry.discoverable();
+    let mut numbers: Vec<E164> = registered.into_iter().take(3).collect();
+    // Two numbers from the reserved fictional ranges, never registered by the demo.
+    numbers.extend(["+15555550100", "+447700900123"].iter().filter_map(|t| E164::parse(t).ok()));
+    let fingerprints: Vec<Fingerprint> = numbers.iter().map(|n| Fingerprint::compute(&salt, *n)).collect();
+    let body = String::from_utf8(encode_request(Format::Json, epoch.0, &fingerprints)).unwrap_or_default();
+    let auth = match (config.insecure_no_auth, load_keys(config), UserId::parse("demo-user")) {
+        (false, Ok(keys), Ok(user)) => {
+            let token = keys.credential_key.mint(&user, now + 86_400);
+            format!(" -H 'Authorization: Bearer {token}'")
+        }
+        _ => String::new(),
+    };
+    let list: Vec<String> = numbers.iter().map(ToString::to_string).collect();
+    println!();
+    println!("contact-discovery demo is ready: {} registered numbers.", DEMO_REGISTRATIONS);
+    println!("Numbers in this request (first three registered): {}", list.join(" "));
+    println!("Paste this to ask which are registered (expect \"registered\":[0,1,2]):");
+    println!();
+    println!(
+        "curl -s http://{}/v1/discover -H 'Content-Type: application/json'{auth} -d '{body}'",
+        app.public_addr()
+    );
+    println!();
+}

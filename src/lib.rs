@@ -1,0 +1,16 @@
+//! contact-discovery: tells a messaging app which of a user's contacts are registered, from
+//! salted, keyed fingerprints, without keeping the address book. See ARCHITECTURE.md.
+
+pub mod api;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod hardening;
+pub mod index;
+pub mod metrics;
+pub mod ratelimit;
+pub mod registry;
+pub mod rotation;
+pub mod startup;

@@ -1,0 +1,100 @@
+//! Command line of contact-discovery: parses arguments and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use contact_discovery::commands;
+use contact_discovery::config::{DEFAULT_DATA_DIR, ServeArgs};
+
+#[derive(Parser)]
+#[command(name = "contact-discovery", version, about = "Private contact discovery service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the discovery service.
+    Serve(ServeArgs),
+    /// Manage the registry of registered numbers (stop the server first).
+    Registry {
+        #[command(subcommand)]
+        action: RegistryAction,
+    },
+    /// Mint a caller credential with the shared credential key.
+    Credential {
+        /// Account id (1-64 of A-Z a-z 0-9 - _).
+        #[arg(long)]
+        user: String,
+        /// Lifetime, e.g. 1h, 30m, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Data directory holding credential.key.
+        #[arg(long, env = "CONTACT_DISCOVERY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Credential key file (overrides <data-dir>/credential.key).
+        #[arg(long, env = "CONTACT_DISCOVERY_CREDENTIAL_KEY_FILE")]
+        credential_key_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryAction {
+    /// Import one E.164 per line ('+E164' or '+E164 hidden'); all or nothing by default.
+    Import {
+        /// File to read, or - for standard input.
+        file: PathBuf,
+        /// Import the valid lines even if some are invalid.
+        #[arg(long)]
+        skip_invalid: bool,
+        /// Data directory.
+        #[arg(long, env = "CONTACT_DISCOVERY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Print every registration, one per line.
+    Export {
+        /// Data directory.
+        #[arg(long, env = "CONTACT_DISCOVERY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Print synthetic numbers with a realistic country mix (pipe into `registry import -`).
+    Generate {
+        /// How many distinct numbers.
+        #[arg(long)]
+        count: usize,
+        /// Seed; the same seed gives the same numbers.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => commands::serve(&args),
+        Command::Registry { action } => match action {
+            RegistryAction::Import { file, skip_invalid, data_dir } => {
+                commands::registry_import(&data_dir, &file, skip_invalid).map(|_| ())
+            }
+            RegistryAction::Export { data_dir } => {
+                commands::registry_export(&data_dir, &mut std::io::stdout())
+            }
+            RegistryAction::Generate { count, seed } => {
+                commands::registry_generate(count, seed, &mut std::io::stdout())
+            }
+        },
+        Command::Credential { user, ttl, data_dir, credential_key_file } => {
+            commands::credential(&data_dir, credential_key_file, &user, ttl)
+                .map(|token| println!("{token}"))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Every Prometheus metric the service exports, in one place.
+//!
+//! Labels are limited to route templates, listener names and status codes: nothing derived from
+//! a fingerprint, a number or a user ever becomes a label or a value.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The service's metrics and the registry that renders them.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by listener, route template and status.
+    pub http_requests: IntCounterVec,
+    /// Request latency by listener, route template and status.
+    pub http_duration: HistogramVec,
+    /// Fingerprints looked up (after validation).
+    pub fingerprints: IntCounter,
+    /// Fingerprints per discovery request.
+    pub batch_size: Histogram,
+    /// Fingerprints that matched a registered user (aggregate only).
+    pub matches: IntCounter,
+    /// Discovery requests refused by the rate limiter.
+    pub rate_limited: IntCounter,
+    /// The current epoch number.
+    pub current_epoch: IntGauge,
+    /// 1 once the current epoch's index is built.
+    pub ready: IntGauge,
+    /// Seconds per index build.
+    pub index_build_seconds: Histogram,
+    /// Entries in the current epoch's index.
+    pub index_entries: IntGauge,
+    /// Indexes alive (current, previous in grace, next).
+    pub live_indexes: IntGauge,
+    /// Registered numbers by visibility.
+    pub registry_size: IntGaugeVec,
+    /// Seconds from receiving a registry change to having it durable.
+    pub registry_write_seconds: Histogram,
+}
+
+/// Metric name prefix.
+const NS: &str = "contact_discovery";
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let latency = vec![
+            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5,
+        ];
+        let m = Self {
+            http_requests: IntCounterVec::new(
+                Opts::new("http_requests_total", "HTTP requests by listener, route and status")
+                    .namespace(NS),
+                &["listener", "route", "status"],
+            )?,
+            http_duration: HistogramVec::new(
+                HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                    .namespace(NS)
+                    .buckets(latency),
+                &["listener", "route", "status"],
+            )?,
+            fingerprints: IntCounter::with_opts(
+                Opts::new("fingerprints_looked_up_total", "Fingerprints looked up").namespace(NS),
+            )?,
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new("discover_batch_size", "Fingerprints per discovery request")
+                    .namespace(NS)
+                    .buckets(vec![
+                        1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0,
+                        10_000.0, 25_000.0, 50_000.0,
+                    ]),
+            )?,
+            matches: IntCounter::with_opts(
+                Opts::new("matches_total", "Fingerprints that matched a registered user")
+                    .namespace(NS),
+            )?,
+            rate_limited: IntCounter::with_opts(
+                Opts::new("rate_limited_requests_total", "Discovery requests refused by the rate limit")
+                    .namespace(NS),
+            )?,
+            current_epoch: IntGauge::with_opts(
+                Opts::new("current_epoch", "The current epoch number").namespace(NS),
+            )?,
+            ready: IntGauge::with_opts(
+                Opts::new("ready", "1 once the current epoch's index is built").namespace(NS),
+            )?,
+            index_build_seconds: Histogram::with_opts(
+                HistogramOpts::new("index_build_seconds", "Seconds per match index build")
+                    .namespace(NS)
+                    .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+            )?,
+            index_entries: IntGauge::with_opts(
+                Opts::new("index_entries", "Entries in the current epoch's match index")
+                    .namespace(NS),
+            )?,
+            live_indexes: IntGauge::with_opts(
+                Opts::new("live_indexes", "Match indexes alive").namespace(NS),
+            )?,
+            registry_size: IntGaugeVec::new(
+                Opts::new("registry_size", "Registered numbers by visibility").namespace(NS),
+                &["visibility"],
+            )?,
+            registry_write_seconds: Histogram::with_opts(
+                HistogramOpts::new("registry_write_seconds", "Seconds to make a registry change durable")
+                    .namespace(NS)
+                    .buckets(vec![0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.http_requests.clone()))?;
+        m.registry.register(Box::new(m.http_duration.clone()))?;
+        m.registry.register(Box::new(m.fingerprints.clone()))?;
+        m.registry.register(Box::new(m.batch_size.clone()))?;
+        m.registry.register(Box::new(m.matches.clone()))?;
+        m.registry.register(Box::new(m.rate_limited.clone()))?;
+        m.registry.register(Box::new(m.current_epoch.clone()))?;
+        m.registry.register(Box::new(m.ready.clone()))?;
+        m.registry.register(Box::new(m.index_build_seconds.clone()))?;
+        m.registry.register(Box::new(m.index_entries.clone()))?;
+        m.registry.register(Box::new(m.live_indexes.clone()))?;
+        m.registry.register(Box::new(m.registry_size.clone()))?;
+        m.registry.register(Box::new(m.registry_write_seconds.clone()))?;
+        Ok(m)
+    }
+
+    /// Sets the registry size gauges.
+    pub fn set_registry_counts(&self, counts: crate::registry::Counts) {
+        self.registry_size
+            .with_label_values(&["discoverable"])
+            .set(counts.discoverable as i64);
+        self.registry_size
+            .with_label_values(&["hidden"])
+            .set(counts.hidden as i64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

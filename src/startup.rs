@@ -1,0 +1,317 @@
+//! Building and running the service: open the registry, load keys, bind both listeners (port 0
+//! works: the real ports are reported), start the rotation task, serve until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::middleware::{from_fn_with_state};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::api::{self, AppState, Listener, SharedState, admin, public};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::domain::secret::{self, KeyFileError, parse_hex32};
+use crate::domain::{CredentialKey, EpochSchedule, ServerSecret};
+use crate::metrics::Metrics;
+use crate::ratelimit::{FingerprintLimiter, RateLimitConfigError};
+use crate::registry::{Registry, RegistryError};
+use crate::rotation::{LiveIndexes, RotationPolicy, Rotator};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Key material could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    /// The registry could not be opened.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Rate limit settings are unusable.
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitConfigError),
+}
+
+/// Key material the service runs with.
+pub struct Keys {
+    /// Salts are derived from it.
+    pub secret: ServerSecret,
+    /// Verifies credentials.
+    pub credential_key: CredentialKey,
+    /// The admin bearer token.
+    pub admin_token: String,
+}
+
+/// Loads the server secret, credential key and admin token: an explicit setting wins, otherwise
+/// each is read from (or generated on first start into) the data directory with mode 0600.
+pub fn load_keys(config: &Config) -> Result<Keys, KeyFileError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| KeyFileError::Io {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let secret = match (&config.server_secret, &config.server_secret_file) {
+        (Some(hex), _) => parse_hex32(hex).ok_or(KeyFileError::EnvFormat {
+            name: "server_secret",
+        })?,
+        (None, Some(path)) => secret::read_key(path)?,
+        (None, None) => secret::read_or_create_key(&config.data_dir.join("server.secret"))?.0,
+    };
+    let credential_key = match &config.credential_key_file {
+        Some(path) => secret::read_key(path)?,
+        None => secret::read_or_create_key(&config.credential_key_path())?.0,
+    };
+    let admin_token = match &config.admin_token {
+        Some(token) => token.trim().to_owned(),
+        None => {
+            let path = config.data_dir.join("admin.token");
+            if path.exists() {
+                std::fs::read_to_string(&path)
+                    .map_err(|source| KeyFileError::Io { path, source })?
+                    .trim()
+                    .to_owned()
+            } else {
+                let (bytes, _) = secret::read_or_create_key(&path)?;
+                secret::to_hex(&bytes)
+            }
+        }
+    };
+    Ok(Keys {
+        secret: ServerSecret::from_bytes(secret),
+        credential_key: CredentialKey::from_bytes(credential_key),
+        admin_token,
+    })
+}
+
+/// A built service: listeners bound, not yet serving.
+pub struct Application {
+    public: TcpListener,
+    admin: TcpListener,
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    state: SharedState,
+    rotator: Rotator,
+}
+
+impl Application {
+    /// Builds the service on the system clock.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        Self::build_with_clock(config, Clock::System).await
+    }
+
+    /// Builds the service on `clock` (tests move a manual clock across epochs).
+    pub async fn build_with_clock(config: Config, clock: Clock) -> Result<Self, StartupError> {
+        config.validate()?;
+        let keys = load_keys(&config)?;
+        let (registry, report) = Registry::open(&config.data_dir)?;
+        tracing::info!(
+            snapshot_entries = report.snapshot_entries,
+            log_records = report.log_records,
+            truncated_bytes = report.truncated_bytes,
+            "registry opened"
+        );
+        let registry = Arc::new(registry);
+        let metrics = Arc::new(Metrics::new()?);
+        metrics.set_registry_counts(registry.counts());
+
+        let schedule = EpochSchedule::new(
+            NonZeroU64::new(config.epoch_seconds)
+                .ok_or_else(|| crate::config::ConfigError::Invalid("epoch_seconds".into()))?,
+        );
+        let indexes = Arc::new(LiveIndexes::new(RotationPolicy::new(
+            schedule,
+            config.epoch_grace_seconds,
+        )));
+        if config.insecure_no_auth {
+            tracing::warn!(
+                "INSECURE: --insecure-no-auth is set; anyone who can reach {} can query without a credential. Never use this in production.",
+                config.listen
+            );
+        }
+        let state = Arc::new(AppState {
+            indexes: Arc::clone(&indexes),
+            registry: Arc::clone(&registry),
+            secret: keys.secret.clone(),
+            credential_key: (!config.insecure_no_auth).then(|| keys.credential_key.clone()),
+            max_credential_ttl: config.max_credential_ttl_seconds,
+            admin_token_hash: admin::hash_token(&keys.admin_token),
+            limiter: FingerprintLimiter::new(
+                config.rate_limit_burst,
+                config.rate_limit_refill_per_day,
+            )?,
+            metrics: Arc::clone(&metrics),
+            clock: clock.clone(),
+            max_batch: config.max_batch,
+            started: Instant::now(),
+        });
+        let rotator = Rotator {
+            indexes,
+            registry,
+            secret: keys.secret,
+            clock,
+            metrics,
+        };
+
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartupError::Bind { addr, source })
+        };
+        let public = bind(config.listen).await?;
+        let admin = bind(config.admin_listen).await?;
+        let public_addr = public.local_addr().map_err(|source| StartupError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartupError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
+        Ok(Self {
+            public,
+            admin,
+            public_addr,
+            admin_addr,
+            state,
+            rotator,
+        })
+    }
+
+    /// The bound public address (the real port when configured with port 0).
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The shared state (tests and the demo read from it).
+    pub fn state(&self) -> SharedState {
+        Arc::clone(&self.state)
+    }
+
+    /// Builds the current indexes before serving, so the service is ready from its first request.
+    pub async fn warm_up(&self) {
+        self.rotator.step().await;
+    }
+
+    /// Serves both listeners until `shutdown` completes, then drains in-flight requests, flushes
+    /// the registry and returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+
+        let rotation = tokio::spawn(self.rotator.run());
+        let limiter_state = Arc::clone(&self.state);
+        let gc = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                limiter_state.limiter.forget_idle();
+            }
+        });
+
+        let public = axum::serve(self.public, public_router(Arc::clone(&self.state)))
+            .with_graceful_shutdown(stopped());
+        let admin = axum::serve(self.admin, admin_router(Arc::clone(&self.state)))
+            .with_graceful_shutdown(stopped());
+        let (public, admin) = tokio::join!(public.into_future(), admin.into_future());
+        rotation.abort();
+        gc.abort();
+        if let Err(err) = self.state.registry.flush() {
+            tracing::error!(error = %err, "registry flush at shutdown failed");
+        }
+        tracing::info!("stopped");
+        public.and(admin)
+    }
+}
+
+/// The public routes: epoch, discover, health. Nothing administrative is ever mounted here.
+pub fn public_router(state: SharedState) -> Router {
+    Router::new()
+        .route("/v1/epoch", get(public::get_epoch))
+        .route("/v1/discover", post(public::discover))
+        .route("/healthz", get(public::healthz))
+        .route("/readyz", get(public::readyz))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(CatchPanicLayer::custom(api::panic_response))
+        .layer(from_fn_with_state(
+            (Arc::clone(&state), Listener("public")),
+            api::observe,
+        ))
+        .with_state(state)
+}
+
+/// The admin routes: registrations and stats behind the admin token; metrics open.
+pub fn admin_router(state: SharedState) -> Router {
+    let protected = Router::new()
+        .route("/admin/v1/registrations", post(admin::change_registrations))
+        .route("/admin/v1/stats", get(admin::stats))
+        .route_layer(from_fn_with_state(Arc::clone(&state), admin::require_token));
+    Router::new()
+        .merge(protected)
+        .route("/metrics", get(admin::metrics))
+        .route("/healthz", get(public::healthz))
+        .route("/readyz", get(public::readyz))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(CatchPanicLayer::custom(api::panic_response))
+        .layer(from_fn_with_state(
+            (Arc::clone(&state), Listener("admin")),
+            api::observe,
+        ))
+        .with_state(state)
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested; draining in-flight requests");
+}
