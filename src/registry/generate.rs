@@ -35,7 +35,7 @@ const PLANS: &[Plan] = &[
     Plan { country_code: 81, weight: 25, prefixes: &[70, 80, 90], subscriber_digits: 8 },
     Plan { country_code: 63, weight: 25, prefixes: &[917, 918, 927, 995], subscriber_digits: 7 },
     Plan { country_code: 49, weight: 20, prefixes: &[151, 160, 170, 171, 176], subscriber_digits: 8 },
-    Plan { country_code: 44, weight: 18, prefixes: &[7400, 7700, 7800, 7900], subscriber_digits: 6 },
+    Plan { country_code: 44, weight: 18, prefixes: &[7400, 7500, 7800, 7900], subscriber_digits: 6 },
     Plan { country_code: 33, weight: 17, prefixes: &[6, 7], subscriber_digits: 8 },
     Plan { country_code: 39, weight: 15, prefixes: &[320, 333, 347, 380], subscriber_digits: 7 },
     Plan { country_code: 34, weight: 12, prefixes: &[6, 7], subscriber_digits: 8 },

@@ -1,0 +1,236 @@
+//! `spawn_app`: the real service on port 0, driven over real HTTP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use contact_discovery::api::SharedState;
+use contact_discovery::api::codec::{self, Format};
+use contact_discovery::clock::Clock;
+use contact_discovery::config::Config;
+use contact_discovery::domain::{CredentialKey, E164, Epoch, Fingerprint, Salt, UserId};
+use contact_discovery::startup::{Application, load_keys};
+use tokio::sync::oneshot;
+
+/// Admin token every test app uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// Start of the manual clock: a round epoch boundary for 60 s and 86,400 s epochs.
+pub const T0: u64 = 1_790_000_000 / 86_400 * 86_400;
+
+/// A running service and what a test needs to talk to it.
+pub struct TestApp {
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub client: reqwest::Client,
+    pub clock: Clock,
+    pub state: SharedState,
+    pub data_dir: PathBuf,
+    pub credential_key: CredentialKey,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Settings a test may change before the app starts.
+pub fn test_config(data_dir: PathBuf) -> Config {
+    Config {
+        data_dir,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: Some(ADMIN_TOKEN.to_owned()),
+        epoch_seconds: 86_400,
+        ..Config::default()
+    }
+}
+
+/// Starts the service with defaults suitable for tests, on a manual clock at `T0`.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the service after `adjust` has changed the test config.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path().to_path_buf());
+    adjust(&mut config);
+    let mut app = start(config, Clock::manual(T0)).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// Starts the service with exactly `config` and `clock` (for restarts on the same data dir).
+pub async fn start(config: Config, clock: Clock) -> TestApp {
+    let app = Application::build_with_clock(config.clone(), clock.clone())
+        .await
+        .expect("app builds");
+    app.warm_up().await;
+    let keys = load_keys(&config).unwrap();
+    let (public, admin, state) = (app.public_addr(), app.admin_addr(), app.state());
+    let (tx, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        public,
+        admin,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap(),
+        clock,
+        state,
+        data_dir: config.data_dir.clone(),
+        credential_key: keys.credential_key,
+        config,
+        stop: Some(tx),
+        done: Some(done),
+        _dir: None,
+    }
+}
+
+impl TestApp {
+    /// Stops the service gracefully and waits for it; the data directory stays.
+    pub async fn stop(mut self) -> (Config, Clock, Option<tempfile::TempDir>) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            done.await.unwrap().unwrap();
+        }
+        (self.config.clone(), self.clock.clone(), self._dir.take())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.public, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// A credential for `user` valid for an hour of the app's clock.
+    pub fn credential(&self, user: &str) -> String {
+        self.credential_key
+            .mint(&UserId::parse(user).unwrap(), self.clock.now_secs() + 3_600)
+    }
+
+    /// The current epoch and salt, as a client sees them.
+    pub async fn epoch(&self) -> (u64, Salt) {
+        let info: serde_json::Value = self
+            .client
+            .get(self.url("/v1/epoch"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let epoch = info["epoch"].as_u64().unwrap();
+        let salt = decode_salt(info["salt"].as_str().unwrap());
+        (epoch, salt)
+    }
+
+    /// Adds, removes and hides numbers through the admin API; panics unless 200.
+    pub async fn change(&self, add: &[&str], remove: &[&str], hide: &[&str]) -> serde_json::Value {
+        let response = self
+            .client
+            .post(self.admin_url("/admin/v1/registrations"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "add": add, "remove": remove, "hide": hide }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        self.wait_for_index(body["version"].as_u64().unwrap()).await;
+        body
+    }
+
+    /// Waits until every live index reflects registry version `version`.
+    pub async fn wait_for_index(&self, version: u64) {
+        for _ in 0..2_000 {
+            let live = self.state.indexes.snapshot();
+            if !live.is_empty() && live.iter().all(|(_, l)| l.registry_version >= version) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("index never caught up with registry version {version}");
+    }
+
+    /// Sends a discovery request and returns status and raw body.
+    pub async fn discover_raw(
+        &self,
+        content_type: &str,
+        credential: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+        let mut request = self
+            .client
+            .post(self.url("/v1/discover"))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(c) = credential {
+            request = request.bearer_auth(c);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, response.bytes().await.unwrap().to_vec())
+    }
+
+    /// Asks which of `numbers` are registered, in `format`, as user `user`; returns the indices.
+    pub async fn discover(&self, format: Format, user: &str, numbers: &[&str]) -> Vec<usize> {
+        let (epoch, salt) = self.epoch().await;
+        let fps = fingerprints(&salt, numbers);
+        let body = codec::encode_request(format, epoch, &fps);
+        let (status, _, body) = self
+            .discover_raw(format.content_type(), Some(&self.credential(user)), body)
+            .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        registered_indices(format, epoch, fps.len(), &body)
+    }
+}
+
+/// Parses either response encoding into the registered indices, checking the epoch.
+pub fn registered_indices(format: Format, epoch: u64, n: usize, body: &[u8]) -> Vec<usize> {
+    match format {
+        Format::Binary => {
+            let (e, hits) = codec::decode_binary_response(body, n).expect("bitmap of ceil(n/8)");
+            assert_eq!(e, epoch);
+            hits
+        }
+        Format::Json => {
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(v["epoch"].as_u64(), Some(epoch));
+            v["registered"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_u64().unwrap() as usize)
+                .collect()
+        }
+    }
+}
+
+/// Fingerprints of `numbers` under `salt`.
+pub fn fingerprints(salt: &Salt, numbers: &[&str]) -> Vec<Fingerprint> {
+    numbers
+        .iter()
+        .map(|n| Fingerprint::compute(salt, E164::parse(n).unwrap()))
+        .collect()
+}
+
+pub fn decode_salt(text: &str) -> Salt {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap();
+    Salt::from_bytes(bytes.try_into().unwrap())
+}
+
+/// The epoch containing the app clock's now, for `epoch_seconds`.
+pub fn epoch_at(app: &TestApp) -> Epoch {
+    Epoch(app.clock.now_secs() / app.config.epoch_seconds)
+}
