@@ -1,0 +1,147 @@
+//! The test vectors published in docs/PROTOCOL.md, checked against the implementation: the
+//! derivations in the library, and the request/response bytes of the real server.
+
+use contact_discovery::api::codec::{self, Format};
+use contact_discovery::domain::secret::parse_hex32;
+use contact_discovery::domain::{CredentialKey, E164, Epoch, Fingerprint, ServerSecret, UserId};
+use serde_json::Value;
+
+fn vectors() -> Value {
+    let doc = include_str!("../docs/PROTOCOL.md");
+    let start = doc.find("```json vectors").expect("vectors block") + "```json vectors".len();
+    let end = start + doc[start..].find("```").expect("end of block");
+    serde_json::from_str(&doc[start..end]).expect("vectors are JSON")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn secret(v: &Value) -> ServerSecret {
+    ServerSecret::from_bytes(parse_hex32(v["secret_hex"].as_str().unwrap()).unwrap())
+}
+
+#[test]
+fn salts() {
+    let v = vectors();
+    let secret = secret(&v);
+    for case in v["salts"].as_array().unwrap() {
+        let epoch = Epoch(case["epoch"].as_u64().unwrap());
+        assert_eq!(hex(secret.salt(epoch).as_bytes()), case["salt_hex"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn fingerprints() {
+    let v = vectors();
+    let salt = secret(&v).salt(Epoch(v["fingerprints"]["epoch"].as_u64().unwrap()));
+    for case in v["fingerprints"]["cases"].as_array().unwrap() {
+        let fp = Fingerprint::compute(&salt, E164::parse(case["e164"].as_str().unwrap()).unwrap());
+        assert_eq!(hex(&fp.to_bytes()), case["fingerprint_hex"].as_str().unwrap());
+        assert_eq!(codec::encode_fingerprint(fp), case["base64url"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn request_bodies() {
+    let v = vectors();
+    let r = &v["request"];
+    let epoch = r["epoch"].as_u64().unwrap();
+    let salt = secret(&v).salt(Epoch(epoch));
+    let fps: Vec<Fingerprint> = r["numbers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| Fingerprint::compute(&salt, E164::parse(n.as_str().unwrap()).unwrap()))
+        .collect();
+    assert_eq!(
+        hex(&codec::encode_request(Format::Binary, epoch, &fps)),
+        r["binary_request_hex"].as_str().unwrap()
+    );
+    let json: Value =
+        serde_json::from_slice(&codec::encode_request(Format::Json, epoch, &fps)).unwrap();
+    assert_eq!(json, r["json_request"]);
+}
+
+#[test]
+fn credential() {
+    let v = vectors();
+    let c = &v["credential"];
+    let key = CredentialKey::from_bytes(parse_hex32(c["key_hex"].as_str().unwrap()).unwrap());
+    let user = UserId::parse(c["user"].as_str().unwrap()).unwrap();
+    let expiry = c["expiry"].as_u64().unwrap();
+    assert_eq!(key.mint(&user, expiry), c["token"].as_str().unwrap());
+    assert!(key.verify(c["token"].as_str().unwrap(), expiry - 60, 3_600).is_ok());
+}
+
+/// The real server, given the vector's secret and registrations, answers the vector's requests
+/// with exactly the vector's response bytes.
+#[tokio::test]
+async fn the_server_answers_the_published_request() {
+    use contact_discovery::clock::Clock;
+    use contact_discovery::config::Config;
+    use contact_discovery::startup::{Application, load_keys};
+
+    let v = vectors();
+    let r = &v["request"];
+    let epoch = r["epoch"].as_u64().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: Some("vectors-admin-token".into()),
+        server_secret: Some(v["secret_hex"].as_str().unwrap().into()),
+        ..Config::default()
+    };
+    let app = Application::build_with_clock(config.clone(), Clock::manual(epoch * 86_400 + 100))
+        .await
+        .unwrap();
+    let numbers: Vec<E164> = r["registered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| E164::parse(n.as_str().unwrap()).unwrap())
+        .collect();
+    let ops: Vec<_> = numbers.into_iter().map(contact_discovery::registry::Op::Add).collect();
+    app.state().registry.apply(&ops).unwrap();
+    app.warm_up().await;
+    let (public, keys) = (app.public_addr(), load_keys(&config).unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    let token = keys
+        .credential_key
+        .mint(&UserId::parse("vectors").unwrap(), epoch * 86_400 + 3_600);
+    let client = reqwest::Client::new();
+    let binary = client
+        .post(format!("http://{public}/v1/discover"))
+        .header("content-type", "application/octet-stream")
+        .bearer_auth(&token)
+        .body(unhex(r["binary_request_hex"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(binary.status(), 200);
+    assert_eq!(hex(&binary.bytes().await.unwrap()), r["binary_response_hex"].as_str().unwrap());
+    let json = client
+        .post(format!("http://{public}/v1/discover"))
+        .header("content-type", "application/json")
+        .bearer_auth(&token)
+        .body(r["json_request"].to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 200);
+    assert_eq!(json.json::<Value>().await.unwrap(), r["json_response"]);
+    let _ = tx.send(());
+    server.await.unwrap().unwrap();
+}
