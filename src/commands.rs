@@ -88,7 +88,11 @@ pub fn serve(args: &ServeArgs) -> Result<(), CommandError> {
 
 /// `registry import`: adds one E.164 per line (optionally followed by `hidden`); all or nothing
 /// unless `skip_invalid`. Returns how many were imported.
-pub fn registry_import(data_dir: &Path, file: &Path, skip_invalid: bool) -> Result<usize, CommandError> {
+pub fn registry_import(
+    data_dir: &Path,
+    file: &Path,
+    skip_invalid: bool,
+) -> Result<usize, CommandError> {
     let reader: Box<dyn BufRead> = if file == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {

@@ -90,7 +90,10 @@ impl std::fmt::Debug for Config {
             .field("max_batch", &self.max_batch)
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("rate_limit_refill_per_day", &self.rate_limit_refill_per_day)
-            .field("max_credential_ttl_seconds", &self.max_credential_ttl_seconds)
+            .field(
+                "max_credential_ttl_seconds",
+                &self.max_credential_ttl_seconds,
+            )
             .field("insecure_no_auth", &self.insecure_no_auth)
             .field("demo", &self.demo)
             .field("log", &self.log)
@@ -211,12 +214,18 @@ impl Config {
             return invalid("rate_limit_burst and rate_limit_refill_per_day must be positive");
         }
         if self.max_batch > self.rate_limit_burst as usize {
-            return invalid("max_batch must not exceed rate_limit_burst, or a full batch could never pass");
+            return invalid(
+                "max_batch must not exceed rate_limit_burst, or a full batch could never pass",
+            );
         }
         if self.max_credential_ttl_seconds == 0 {
             return invalid("max_credential_ttl_seconds must be positive");
         }
-        if self.admin_token.as_ref().is_some_and(|t| t.trim().len() < 16) {
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.trim().len() < 16)
+        {
             return invalid("admin_token must be at least 16 characters");
         }
         Ok(())
@@ -266,13 +275,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "epoch_secondz = 120\n").unwrap();
-        let args = ServeArgs { config: Some(file), ..ServeArgs::default() };
+        let args = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
         assert!(Config::load(&args).is_err());
-        let args = ServeArgs { epoch_seconds: Some(59), ..ServeArgs::default() };
+        let args = ServeArgs {
+            epoch_seconds: Some(59),
+            ..ServeArgs::default()
+        };
         assert!(Config::load(&args).is_err());
-        let args = ServeArgs { max_batch: Some(60_000), ..ServeArgs::default() };
+        let args = ServeArgs {
+            max_batch: Some(60_000),
+            ..ServeArgs::default()
+        };
         assert!(Config::load(&args).is_err());
-        let missing = ServeArgs { config: Some(dir.path().join("nope.toml")), ..ServeArgs::default() };
+        let missing = ServeArgs {
+            config: Some(dir.path().join("nope.toml")),
+            ..ServeArgs::default()
+        };
         assert!(Config::load(&missing).is_err());
     }
 

@@ -37,10 +37,22 @@ pub fn print_instructions(config: &Config, app: &Application) {
     let (registered, _) = state.registry.discoverable();
     let mut numbers: Vec<E164> = registered.into_iter().take(3).collect();
     // Two numbers from the reserved fictional ranges, never registered by the demo.
-    numbers.extend(["+15555550100", "+447700900123"].iter().filter_map(|t| E164::parse(t).ok()));
-    let fingerprints: Vec<Fingerprint> = numbers.iter().map(|n| Fingerprint::compute(&salt, *n)).collect();
-    let body = String::from_utf8(encode_request(Format::Json, epoch.0, &fingerprints)).unwrap_or_default();
-    let auth = match (config.insecure_no_auth, load_keys(config), UserId::parse("demo-user")) {
+    numbers.extend(
+        ["+15555550100", "+447700900123"]
+            .iter()
+            .filter_map(|t| E164::parse(t).ok()),
+    );
+    let fingerprints: Vec<Fingerprint> = numbers
+        .iter()
+        .map(|n| Fingerprint::compute(&salt, *n))
+        .collect();
+    let body =
+        String::from_utf8(encode_request(Format::Json, epoch.0, &fingerprints)).unwrap_or_default();
+    let auth = match (
+        config.insecure_no_auth,
+        load_keys(config),
+        UserId::parse("demo-user"),
+    ) {
         (false, Ok(keys), Ok(user)) => {
             let token = keys.credential_key.mint(&user, now + 86_400);
             format!(" -H 'Authorization: Bearer {token}'")
@@ -49,8 +61,14 @@ pub fn print_instructions(config: &Config, app: &Application) {
     };
     let list: Vec<String> = numbers.iter().map(ToString::to_string).collect();
     println!();
-    println!("contact-discovery demo is ready: {} registered numbers.", DEMO_REGISTRATIONS);
-    println!("Numbers in this request (first three registered): {}", list.join(" "));
+    println!(
+        "contact-discovery demo is ready: {} registered numbers.",
+        DEMO_REGISTRATIONS
+    );
+    println!(
+        "Numbers in this request (first three registered): {}",
+        list.join(" ")
+    );
     println!("Paste this to ask which are registered (expect \"registered\":[0,1,2]):");
     println!();
     println!(

@@ -80,7 +80,10 @@ impl MatchIndex {
     pub fn contains(&self, fingerprint: Fingerprint) -> bool {
         let key = fingerprint.key();
         let bucket = bucket_of(key, self.bits) as usize;
-        let (lo, hi) = (self.directory[bucket] as usize, self.directory[bucket + 1] as usize);
+        let (lo, hi) = (
+            self.directory[bucket] as usize,
+            self.directory[bucket + 1] as usize,
+        );
         self.keys[lo..hi].contains(&key)
     }
 
@@ -116,11 +119,23 @@ mod tests {
         let (members, others) = numbers.split_at(10_000);
         let index = MatchIndex::build(Epoch(3), &salt, members);
         assert_eq!(index.len(), 10_000);
-        assert!(members.iter().all(|n| index.contains(Fingerprint::compute(&salt, *n))));
-        assert!(!others.iter().any(|n| index.contains(Fingerprint::compute(&salt, *n))));
+        assert!(
+            members
+                .iter()
+                .all(|n| index.contains(Fingerprint::compute(&salt, *n)))
+        );
+        assert!(
+            !others
+                .iter()
+                .any(|n| index.contains(Fingerprint::compute(&salt, *n)))
+        );
         // Another epoch's salt gives other fingerprints.
         let other_salt = Salt::from_bytes([8; 32]);
-        assert!(!members.iter().any(|n| index.contains(Fingerprint::compute(&other_salt, *n))));
+        assert!(
+            !members
+                .iter()
+                .any(|n| index.contains(Fingerprint::compute(&other_salt, *n)))
+        );
     }
 
     #[test]

@@ -8,7 +8,11 @@ use contact_discovery::commands;
 use contact_discovery::config::{DEFAULT_DATA_DIR, ServeArgs};
 
 #[derive(Parser)]
-#[command(name = "contact-discovery", version, about = "Private contact discovery service")]
+#[command(
+    name = "contact-discovery",
+    version,
+    about = "Private contact discovery service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the discovery service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage the registry of registered numbers (stop the server first).
     Registry {
         #[command(subcommand)]
@@ -75,9 +79,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => commands::serve(&args),
         Command::Registry { action } => match action {
-            RegistryAction::Import { file, skip_invalid, data_dir } => {
-                commands::registry_import(&data_dir, &file, skip_invalid).map(|_| ())
-            }
+            RegistryAction::Import {
+                file,
+                skip_invalid,
+                data_dir,
+            } => commands::registry_import(&data_dir, &file, skip_invalid).map(|_| ()),
             RegistryAction::Export { data_dir } => {
                 commands::registry_export(&data_dir, &mut std::io::stdout())
             }
@@ -85,10 +91,13 @@ fn main() -> ExitCode {
                 commands::registry_generate(count, seed, &mut std::io::stdout())
             }
         },
-        Command::Credential { user, ttl, data_dir, credential_key_file } => {
-            commands::credential(&data_dir, credential_key_file, &user, ttl)
-                .map(|token| println!("{token}"))
-        }
+        Command::Credential {
+            user,
+            ttl,
+            data_dir,
+            credential_key_file,
+        } => commands::credential(&data_dir, credential_key_file, &user, ttl)
+            .map(|token| println!("{token}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -47,13 +47,16 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let latency = vec![
-            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-            2.5,
+            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+            1.0, 2.5,
         ];
         let m = Self {
             http_requests: IntCounterVec::new(
-                Opts::new("http_requests_total", "HTTP requests by listener, route and status")
-                    .namespace(NS),
+                Opts::new(
+                    "http_requests_total",
+                    "HTTP requests by listener, route and status",
+                )
+                .namespace(NS),
                 &["listener", "route", "status"],
             )?,
             http_duration: HistogramVec::new(
@@ -69,17 +72,23 @@ impl Metrics {
                 HistogramOpts::new("discover_batch_size", "Fingerprints per discovery request")
                     .namespace(NS)
                     .buckets(vec![
-                        1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0,
-                        10_000.0, 25_000.0, 50_000.0,
+                        1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0,
+                        25_000.0, 50_000.0,
                     ]),
             )?,
             matches: IntCounter::with_opts(
-                Opts::new("matches_total", "Fingerprints that matched a registered user")
-                    .namespace(NS),
+                Opts::new(
+                    "matches_total",
+                    "Fingerprints that matched a registered user",
+                )
+                .namespace(NS),
             )?,
             rate_limited: IntCounter::with_opts(
-                Opts::new("rate_limited_requests_total", "Discovery requests refused by the rate limit")
-                    .namespace(NS),
+                Opts::new(
+                    "rate_limited_requests_total",
+                    "Discovery requests refused by the rate limit",
+                )
+                .namespace(NS),
             )?,
             current_epoch: IntGauge::with_opts(
                 Opts::new("current_epoch", "The current epoch number").namespace(NS),
@@ -90,11 +99,16 @@ impl Metrics {
             index_build_seconds: Histogram::with_opts(
                 HistogramOpts::new("index_build_seconds", "Seconds per match index build")
                     .namespace(NS)
-                    .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+                    .buckets(vec![
+                        0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                    ]),
             )?,
             index_entries: IntGauge::with_opts(
-                Opts::new("index_entries", "Entries in the current epoch's match index")
-                    .namespace(NS),
+                Opts::new(
+                    "index_entries",
+                    "Entries in the current epoch's match index",
+                )
+                .namespace(NS),
             )?,
             live_indexes: IntGauge::with_opts(
                 Opts::new("live_indexes", "Match indexes alive").namespace(NS),
@@ -104,9 +118,14 @@ impl Metrics {
                 &["visibility"],
             )?,
             registry_write_seconds: Histogram::with_opts(
-                HistogramOpts::new("registry_write_seconds", "Seconds to make a registry change durable")
-                    .namespace(NS)
-                    .buckets(vec![0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0]),
+                HistogramOpts::new(
+                    "registry_write_seconds",
+                    "Seconds to make a registry change durable",
+                )
+                .namespace(NS)
+                .buckets(vec![
+                    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
+                ]),
             )?,
             registry,
         };
@@ -118,11 +137,13 @@ impl Metrics {
         m.registry.register(Box::new(m.rate_limited.clone()))?;
         m.registry.register(Box::new(m.current_epoch.clone()))?;
         m.registry.register(Box::new(m.ready.clone()))?;
-        m.registry.register(Box::new(m.index_build_seconds.clone()))?;
+        m.registry
+            .register(Box::new(m.index_build_seconds.clone()))?;
         m.registry.register(Box::new(m.index_entries.clone()))?;
         m.registry.register(Box::new(m.live_indexes.clone()))?;
         m.registry.register(Box::new(m.registry_size.clone()))?;
-        m.registry.register(Box::new(m.registry_write_seconds.clone()))?;
+        m.registry
+            .register(Box::new(m.registry_write_seconds.clone()))?;
         Ok(m)
     }
 

@@ -81,11 +81,15 @@ impl RotationPolicy {
         let current = self.schedule.epoch_at(now);
         let start = self.schedule.start(current);
         let end = self.schedule.end(current);
-        [start.saturating_add(self.grace_secs), end.saturating_sub(self.lead_secs), end]
-            .into_iter()
-            .filter(|t| *t > now)
-            .min()
-            .map_or(1, |t| t - now)
+        [
+            start.saturating_add(self.grace_secs),
+            end.saturating_sub(self.lead_secs),
+            end,
+        ]
+        .into_iter()
+        .filter(|t| *t > now)
+        .min()
+        .map_or(1, |t| t - now)
     }
 }
 
@@ -118,13 +122,18 @@ impl LiveIndexes {
             return pick(current).ok_or(EpochRefusal::NotReady);
         }
         let in_grace = requested.checked_add(1) == Some(current.0)
-            && now < self.policy.schedule.start(current).saturating_add(self.policy.grace_secs);
+            && now
+                < self
+                    .policy
+                    .schedule
+                    .start(current)
+                    .saturating_add(self.policy.grace_secs);
         // The next epoch is answered once built, so replicas whose clocks differ slightly agree.
         let is_next = current.0.checked_add(1) == Some(requested);
-        if in_grace || is_next {
-            if let Some(index) = pick(Epoch(requested)) {
-                return Ok(index);
-            }
+        if (in_grace || is_next)
+            && let Some(index) = pick(Epoch(requested))
+        {
+            return Ok(index);
         }
         if live.contains_key(&current) {
             Err(EpochRefusal::Unavailable { current })
@@ -142,7 +151,11 @@ impl LiveIndexes {
 
     /// A copy of the live set, for stats.
     pub fn snapshot(&self) -> Vec<(Epoch, LiveIndex)> {
-        self.live.read().iter().map(|(e, l)| (*e, l.clone())).collect()
+        self.live
+            .read()
+            .iter()
+            .map(|(e, l)| (*e, l.clone()))
+            .collect()
     }
 
     fn install(&self, epoch: Epoch, built: LiveIndex) {
@@ -239,10 +252,18 @@ impl Rotator {
         }
         // Re-read the time: a long build may have crossed a boundary.
         let now = self.clock.now_secs();
-        self.indexes.retain(&policy.wanted(now).into_iter().chain(wanted).collect::<Vec<_>>());
+        self.indexes.retain(
+            &policy
+                .wanted(now)
+                .into_iter()
+                .chain(wanted)
+                .collect::<Vec<_>>(),
+        );
         let current = policy.schedule.epoch_at(now);
         self.metrics.current_epoch.set(current.0 as i64);
-        self.metrics.ready.set(i64::from(self.indexes.is_ready(now)));
+        self.metrics
+            .ready
+            .set(i64::from(self.indexes.is_ready(now)));
         let snapshot = self.indexes.snapshot();
         self.metrics.index_entries.set(
             snapshot
@@ -285,7 +306,10 @@ mod tests {
         let p = policy(100, 10);
         let live = LiveIndexes::new(p);
         let salt = crate::domain::Salt::from_bytes([0; 32]);
-        assert_eq!(live.for_request(10, 1_005).err(), Some(EpochRefusal::NotReady));
+        assert_eq!(
+            live.for_request(10, 1_005).err(),
+            Some(EpochRefusal::NotReady)
+        );
         for e in [9, 10, 11] {
             live.install(
                 Epoch(e),

@@ -63,7 +63,8 @@ struct ChangeRequest {
 
 /// Parses and checks a change request into operations, or says everything wrong with it.
 fn plan(request: &ChangeRequest) -> Result<Vec<Op>, ApiError> {
-    let lists: [(&'static str, &Vec<String>, fn(E164) -> Op); 3] = [
+    type List<'a> = (&'static str, &'a Vec<String>, fn(E164) -> Op);
+    let lists: [List<'_>; 3] = [
         ("remove", &request.remove, Op::Remove),
         ("add", &request.add, Op::Add),
         ("hide", &request.hide, Op::Hide),
@@ -184,13 +185,19 @@ mod tests {
 
     fn req(add: &[&str], remove: &[&str], hide: &[&str]) -> ChangeRequest {
         let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
-        ChangeRequest { add: v(add), remove: v(remove), hide: v(hide) }
+        ChangeRequest {
+            add: v(add),
+            remove: v(remove),
+            hide: v(hide),
+        }
     }
 
     #[test]
     fn invalid_numbers_are_reported_by_position() {
         let err = plan(&req(&["+15550000001", "15550000002"], &[], &["+0123"])).unwrap_err();
-        let ApiError::InvalidNumbers(list) = err else { panic!("wrong error") };
+        let ApiError::InvalidNumbers(list) = err else {
+            panic!("wrong error")
+        };
         assert_eq!(list.len(), 2);
         assert_eq!((list[0].field, list[0].index), ("add", 1));
         assert_eq!((list[1].field, list[1].index), ("hide", 0));
@@ -200,6 +207,11 @@ mod tests {
     fn the_same_number_twice_is_a_conflict() {
         let err = plan(&req(&["+15550000001"], &["+15550000001"], &[])).unwrap_err();
         assert_eq!(err.code(), "conflicting_changes");
-        assert_eq!(plan(&req(&["+1555"], &["+1666"], &["+1777"])).unwrap().len(), 3);
+        assert_eq!(
+            plan(&req(&["+1555"], &["+1666"], &["+1777"]))
+                .unwrap()
+                .len(),
+            3
+        );
     }
 }

@@ -25,7 +25,8 @@ pub async fn read_limited(
     let mut buf = Zeroizing::new(Vec::with_capacity(declared.unwrap_or(0) as usize));
     let mut body = body;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ApiError::MalformedBody("the body could not be read".into()))?;
+        let frame =
+            frame.map_err(|_| ApiError::MalformedBody("the body could not be read".into()))?;
         let Ok(chunk) = frame.into_data() else {
             continue; // trailers carry nothing we use
         };

@@ -13,8 +13,8 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use zeroize::Zeroizing;
 
 use super::ApiError;
@@ -275,7 +275,10 @@ pub fn encode_request(format: Format, epoch: u64, fingerprints: &[Fingerprint]) 
             out
         }
         Format::Json => {
-            let list: Vec<String> = fingerprints.iter().map(|fp| encode_fingerprint(*fp)).collect();
+            let list: Vec<String> = fingerprints
+                .iter()
+                .map(|fp| encode_fingerprint(*fp))
+                .collect();
             serde_json::json!({ "epoch": epoch, "fingerprints": list })
                 .to_string()
                 .into_bytes()
@@ -294,7 +297,9 @@ pub fn decode_binary_response(body: &[u8], n: usize) -> Option<(u64, Vec<usize>)
     if bitmap.len() != n.div_ceil(8) {
         return None;
     }
-    let hits = (0..n).filter(|i| bitmap[i / 8] & (1 << (i % 8)) != 0).collect();
+    let hits = (0..n)
+        .filter(|i| bitmap[i / 8] & (1 << (i % 8)) != 0)
+        .collect();
     Some((u64::from_be_bytes(*epoch), hits))
 }
 
@@ -304,12 +309,17 @@ mod tests {
     use proptest::prelude::*;
 
     fn fps(keys: &[u64]) -> Vec<Fingerprint> {
-        keys.iter().map(|k| Fingerprint::from_bytes(k.to_le_bytes())).collect()
+        keys.iter()
+            .map(|k| Fingerprint::from_bytes(k.to_le_bytes()))
+            .collect()
     }
 
     #[test]
     fn binary_errors() {
-        assert!(matches!(decode(Format::Binary, &[0; 7], 10), Err(ApiError::MalformedBody(_))));
+        assert!(matches!(
+            decode(Format::Binary, &[0; 7], 10),
+            Err(ApiError::MalformedBody(_))
+        ));
         assert!(matches!(
             decode(Format::Binary, &[0; 8 + 12], 10),
             Err(ApiError::FingerprintLength { index: 1 })
@@ -326,16 +336,43 @@ mod tests {
     fn json_errors_never_quote_input() {
         let secret = "c2VjcmV0ZnA"; // 8 bytes of base64url
         let cases: &[(&str, &str)] = &[
-            ("{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\",\"c2Vj\"]}", "invalid_fingerprint_length"),
-            ("{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\",\"c2VjcmV0Zn!\"]}", "malformed_body"),
-            ("{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\"],\"x\":\"c2VjcmV0ZnA\"}", "malformed_body"),
-            ("{\"epoch\":1,\"epoch\":2,\"fingerprints\":[\"c2VjcmV0ZnA\"]}", "malformed_body"),
-            ("{\"epoch\":\"c2VjcmV0ZnA\",\"fingerprints\":[]}", "malformed_body"),
-            ("{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\", 7]}", "malformed_body"),
+            (
+                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\",\"c2Vj\"]}",
+                "invalid_fingerprint_length",
+            ),
+            (
+                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\",\"c2VjcmV0Zn!\"]}",
+                "malformed_body",
+            ),
+            (
+                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\"],\"x\":\"c2VjcmV0ZnA\"}",
+                "malformed_body",
+            ),
+            (
+                "{\"epoch\":1,\"epoch\":2,\"fingerprints\":[\"c2VjcmV0ZnA\"]}",
+                "malformed_body",
+            ),
+            (
+                "{\"epoch\":\"c2VjcmV0ZnA\",\"fingerprints\":[]}",
+                "malformed_body",
+            ),
+            (
+                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\", 7]}",
+                "malformed_body",
+            ),
             ("{\"epoch\":-1,\"fingerprints\":[]}", "malformed_body"),
-            ("{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\"", "malformed_body"),
-            ("[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[c2VjcmV0ZnA", "malformed_body"),
-            ("{\"epoch\":1,\"fingerprints\":\"c2VjcmV0ZnA\"}", "malformed_body"),
+            (
+                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\"",
+                "malformed_body",
+            ),
+            (
+                "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[c2VjcmV0ZnA",
+                "malformed_body",
+            ),
+            (
+                "{\"epoch\":1,\"fingerprints\":\"c2VjcmV0ZnA\"}",
+                "malformed_body",
+            ),
         ];
         for (body, code) in cases {
             let err = decode(Format::Json, body.as_bytes(), 10).err().unwrap();
@@ -355,7 +392,10 @@ mod tests {
         let mut bad = text.clone();
         bad.pop();
         bad.push('B');
-        assert!(matches!(decode_fingerprint(&bad), Err(BadFingerprint::NotBase64)));
+        assert!(matches!(
+            decode_fingerprint(&bad),
+            Err(BadFingerprint::NotBase64)
+        ));
     }
 
     #[test]

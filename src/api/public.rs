@@ -55,7 +55,11 @@ fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<UserId, ApiE
         .ok_or(ApiError::InvalidCredential(
             crate::domain::CredentialError::Malformed,
         ))?;
-    let credential = key.verify(token.trim(), state.clock.now_secs(), state.max_credential_ttl)?;
+    let credential = key.verify(
+        token.trim(),
+        state.clock.now_secs(),
+        state.max_credential_ttl,
+    )?;
     Ok(credential.user)
 }
 

@@ -44,7 +44,12 @@ impl CredentialKey {
 
     /// Checks a credential's form, MAC and lifetime at `now` (unix seconds). `max_ttl` bounds how
     /// far in the future an expiry may lie, so a leaked long-lived token is refused.
-    pub fn verify(&self, token: &str, now: u64, max_ttl: u64) -> Result<Credential, CredentialError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        now: u64,
+        max_ttl: u64,
+    ) -> Result<Credential, CredentialError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(CredentialError::Malformed);
         }
@@ -134,7 +139,11 @@ impl UserId {
             && text
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if ok { Ok(Self(text.to_owned())) } else { Err(InvalidUserId) }
+        if ok {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(InvalidUserId)
+        }
     }
 
     /// The id as text.
@@ -167,13 +176,28 @@ mod tests {
     fn refuses_forged_expired_and_overlong() {
         let user = UserId::parse("alice").unwrap();
         let token = key(1).mint(&user, 5_000);
-        assert_eq!(key(2).verify(&token, 1_000, DAY), Err(CredentialError::BadMac));
-        assert_eq!(key(1).verify(&token, 5_000, DAY), Err(CredentialError::Expired));
-        assert_eq!(key(1).verify(&token, 1_000, 100), Err(CredentialError::TooLong));
+        assert_eq!(
+            key(2).verify(&token, 1_000, DAY),
+            Err(CredentialError::BadMac)
+        );
+        assert_eq!(
+            key(1).verify(&token, 5_000, DAY),
+            Err(CredentialError::Expired)
+        );
+        assert_eq!(
+            key(1).verify(&token, 1_000, 100),
+            Err(CredentialError::TooLong)
+        );
         let altered = token.replacen("alice", "mallory", 1);
-        assert_eq!(key(1).verify(&altered, 1_000, DAY), Err(CredentialError::BadMac));
+        assert_eq!(
+            key(1).verify(&altered, 1_000, DAY),
+            Err(CredentialError::BadMac)
+        );
         let later = token.replacen("5000", "9000", 1);
-        assert_eq!(key(1).verify(&later, 1_000, DAY), Err(CredentialError::BadMac));
+        assert_eq!(
+            key(1).verify(&later, 1_000, DAY),
+            Err(CredentialError::BadMac)
+        );
     }
 
     #[test]
@@ -195,7 +219,11 @@ mod tests {
             format!("{}.5000.{mac}", "a".repeat(65)),
             "bob.5000.AAAA".to_owned(),
         ] {
-            assert_eq!(k.verify(&bad, 1_000, DAY), Err(CredentialError::Malformed), "{bad}");
+            assert_eq!(
+                k.verify(&bad, 1_000, DAY),
+                Err(CredentialError::Malformed),
+                "{bad}"
+            );
         }
     }
 

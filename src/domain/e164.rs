@@ -63,7 +63,9 @@ impl E164 {
         if value > MAX {
             return Err(E164Error::TooLong);
         }
-        NonZeroU64::new(value).map(Self).ok_or(E164Error::LeadingZero)
+        NonZeroU64::new(value)
+            .map(Self)
+            .ok_or(E164Error::LeadingZero)
     }
 
     /// The digits as an integer.
@@ -109,7 +111,10 @@ mod tests {
     #[test]
     fn accepts_strict_numbers() {
         assert_eq!(E164::parse("+1").unwrap().get(), 1);
-        assert_eq!(E164::parse("+4915112345678").unwrap().get(), 4_915_112_345_678);
+        assert_eq!(
+            E164::parse("+4915112345678").unwrap().get(),
+            4_915_112_345_678
+        );
         assert_eq!(E164::parse("+999999999999999").unwrap().get(), MAX);
     }
 

@@ -24,7 +24,9 @@ pub struct EpochSchedule {
 impl EpochSchedule {
     /// A schedule with epochs of `length_secs` seconds.
     pub fn new(length_secs: NonZeroU64) -> Self {
-        Self { length: length_secs }
+        Self {
+            length: length_secs,
+        }
     }
 
     /// Epoch length in seconds.

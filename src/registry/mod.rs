@@ -120,7 +120,9 @@ impl Registry {
             .open(&lock_path)
             .map_err(io(&lock_path))?;
         if lock.try_lock().is_err() {
-            return Err(RegistryError::Locked { path: dir.to_owned() });
+            return Err(RegistryError::Locked {
+                path: dir.to_owned(),
+            });
         }
 
         let mut report = OpenReport::default();
@@ -178,7 +180,8 @@ impl Registry {
             file.set_len(good as u64).map_err(io(&log_path))?;
             file.sync_all().map_err(io(&log_path))?;
         }
-        file.seek(SeekFrom::Start(good as u64)).map_err(io(&log_path))?;
+        file.seek(SeekFrom::Start(good as u64))
+            .map_err(io(&log_path))?;
 
         let registry = Self {
             dir: dir.to_owned(),
@@ -232,12 +235,12 @@ impl Registry {
         log.len += record.len() as u64;
         apply_ops(&mut self.state.write(), ops);
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
-        if log.len > self.compact_bytes {
-            if let Err(err) = self.compact_locked(&mut log) {
-                // The change itself is durable in the log; a failed fold only means the log
-                // stays long until the next attempt.
-                tracing::warn!(error = %err, "registry compaction failed; the log keeps growing");
-            }
+        // The change itself is durable in the log; a failed fold only means the log stays long
+        // until the next attempt.
+        if log.len > self.compact_bytes
+            && let Err(err) = self.compact_locked(&mut log)
+        {
+            tracing::warn!(error = %err, "registry compaction failed; the log keeps growing");
         }
         drop(log);
         self.changed.notify_one();
@@ -370,7 +373,9 @@ fn write_atomically(
     let file = File::create(&tmp).map_err(io_err(&tmp))?;
     {
         let mut out = BufWriter::with_capacity(1 << 20, &file);
-        fill(&mut out).and_then(|()| out.flush()).map_err(io_err(&tmp))?;
+        fill(&mut out)
+            .and_then(|()| out.flush())
+            .map_err(io_err(&tmp))?;
     }
     file.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
@@ -411,19 +416,27 @@ fn read_snapshot(path: &Path, state: &mut HashMap<E164, Visibility>) -> Result<u
     let mut input = BufReader::with_capacity(1 << 20, file);
     let mut crc = crc32fast::Hasher::new();
     let mut header = [0u8; 16];
-    input.read_exact(&mut header).map_err(|_| corrupt("short header"))?;
+    input
+        .read_exact(&mut header)
+        .map_err(|_| corrupt("short header"))?;
     crc.update(&header);
     if &header[..8] != SNAPSHOT_MAGIC {
         return Err(corrupt("bad magic"));
     }
-    let count = u64::from_le_bytes(header[8..].try_into().map_err(|_| corrupt("short header"))?);
+    let count = u64::from_le_bytes(
+        header[8..]
+            .try_into()
+            .map_err(|_| corrupt("short header"))?,
+    );
     if count.checked_mul(8).and_then(|b| b.checked_add(16 + 4)) != Some(file_len) {
         return Err(corrupt("length does not match the entry count"));
     }
     state.reserve(count as usize);
     let mut raw = [0u8; 8];
     for _ in 0..count {
-        input.read_exact(&mut raw).map_err(|_| corrupt("truncated"))?;
+        input
+            .read_exact(&mut raw)
+            .map_err(|_| corrupt("truncated"))?;
         crc.update(&raw);
         let value = u64::from_le_bytes(raw);
         let number = E164::from_u64(value & !HIDDEN_BIT).map_err(|_| corrupt("invalid number"))?;
@@ -435,7 +448,9 @@ fn read_snapshot(path: &Path, state: &mut HashMap<E164, Visibility>) -> Result<u
         state.insert(number, visibility);
     }
     let mut stored = [0u8; 4];
-    input.read_exact(&mut stored).map_err(|_| corrupt("truncated"))?;
+    input
+        .read_exact(&mut stored)
+        .map_err(|_| corrupt("truncated"))?;
     if u32::from_le_bytes(stored) != crc.finalize() {
         return Err(corrupt("checksum mismatch"));
     }
@@ -474,8 +489,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (reg, _) = Registry::open(dir.path()).unwrap();
-            reg.apply(&[Op::Add(n("+15550000001")), Op::Add(n("+15550000002"))]).unwrap();
-            reg.apply(&[Op::Hide(n("+15550000002")), Op::Remove(n("+15550000001"))]).unwrap();
+            reg.apply(&[Op::Add(n("+15550000001")), Op::Add(n("+15550000002"))])
+                .unwrap();
+            reg.apply(&[Op::Hide(n("+15550000002")), Op::Remove(n("+15550000001"))])
+                .unwrap();
             reg.apply(&[Op::Add(n("+4915100000003"))]).unwrap();
         }
         let (reg, report) = Registry::open(dir.path()).unwrap();
@@ -484,14 +501,23 @@ mod tests {
         assert_eq!(reg.get(n("+15550000001")), None);
         assert_eq!(reg.get(n("+15550000002")), Some(Visibility::Hidden));
         assert_eq!(reg.get(n("+4915100000003")), Some(Visibility::Discoverable));
-        assert_eq!(reg.counts(), Counts { discoverable: 1, hidden: 1 });
+        assert_eq!(
+            reg.counts(),
+            Counts {
+                discoverable: 1,
+                hidden: 1
+            }
+        );
     }
 
     #[test]
     fn a_second_process_cannot_open_the_same_directory() {
         let dir = tempfile::tempdir().unwrap();
         let (_held, _) = Registry::open(dir.path()).unwrap();
-        assert!(matches!(Registry::open(dir.path()), Err(RegistryError::Locked { .. })));
+        assert!(matches!(
+            Registry::open(dir.path()),
+            Err(RegistryError::Locked { .. })
+        ));
     }
 
     #[test]
@@ -506,10 +532,7 @@ mod tests {
         let full = fs::read(&log).unwrap();
         // Cut the last record in half, then add garbage after a flipped record.
         fs::write(&log, &full[..full.len() - 5]).unwrap();
-        let (reg, report) = {
-            let r = Registry::open(dir.path()).unwrap();
-            r
-        };
+        let (reg, report) = Registry::open(dir.path()).unwrap();
         assert_eq!(report.log_records, 1);
         assert!(report.truncated_bytes > 0);
         assert_eq!(reg.get(n("+15550000001")), Some(Visibility::Discoverable));
@@ -548,15 +571,24 @@ mod tests {
             let (reg, _) = Registry::open(dir.path()).unwrap();
             let reg = reg.with_compact_bytes(100);
             for i in 0..50u64 {
-                reg.apply(&[Op::Add(E164::from_u64(15_550_000_000 + i).unwrap())]).unwrap();
+                reg.apply(&[Op::Add(E164::from_u64(15_550_000_000 + i).unwrap())])
+                    .unwrap();
             }
-            reg.apply(&[Op::Hide(E164::from_u64(15_550_000_007).unwrap())]).unwrap();
-            reg.import(&[(n("+447700900123"), Visibility::Discoverable)]).unwrap();
+            reg.apply(&[Op::Hide(E164::from_u64(15_550_000_007).unwrap())])
+                .unwrap();
+            reg.import(&[(n("+447700900123"), Visibility::Discoverable)])
+                .unwrap();
             assert!(fs::metadata(dir.path().join(LOG_FILE)).unwrap().len() < 200);
         }
         let (reg, report) = Registry::open(dir.path()).unwrap();
         assert_eq!(report.snapshot_entries, 51);
-        assert_eq!(reg.counts(), Counts { discoverable: 50, hidden: 1 });
+        assert_eq!(
+            reg.counts(),
+            Counts {
+                discoverable: 50,
+                hidden: 1
+            }
+        );
         assert_eq!(reg.get(n("+15550000007")), Some(Visibility::Hidden));
     }
 
@@ -565,7 +597,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (reg, _) = Registry::open(dir.path()).unwrap();
-            reg.import(&[(n("+15550000001"), Visibility::Discoverable)]).unwrap();
+            reg.import(&[(n("+15550000001"), Visibility::Discoverable)])
+                .unwrap();
         }
         let snap = dir.path().join(SNAPSHOT_FILE);
         let mut bytes = fs::read(&snap).unwrap();

@@ -79,9 +79,10 @@ pub fn decode_record(bytes: &[u8]) -> Result<(Vec<Op>, usize), RecordError> {
     if bytes.len() < RECORD_HEADER {
         return Err(RecordError::Truncated);
     }
-    let len = u32::from_le_bytes(bytes[..4].try_into().map_err(|_| RecordError::Truncated)?) as usize;
+    let len =
+        u32::from_le_bytes(bytes[..4].try_into().map_err(|_| RecordError::Truncated)?) as usize;
     let crc = u32::from_le_bytes(bytes[4..8].try_into().map_err(|_| RecordError::Truncated)?);
-    if len % OP_BYTES != 0 || len > MAX_RECORD_PAYLOAD {
+    if !len.is_multiple_of(OP_BYTES) || len > MAX_RECORD_PAYLOAD {
         return Err(RecordError::BadLength);
     }
     let payload = bytes
