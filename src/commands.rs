@@ -185,3 +185,62 @@ pub fn credential(
     let now = crate::clock::Clock::System.now_secs();
     Ok(CredentialKey::from_bytes(key).mint(&user, now + ttl.as_secs().max(1)))
 }
+
+/// Settings of a `discover` run.
+#[derive(Debug, Clone)]
+pub struct DiscoverArgs {
+    /// Server base URL.
+    pub server: String,
+    /// Bearer credential.
+    pub credential: Option<String>,
+    /// Address book file (vCard or CSV).
+    pub contacts: PathBuf,
+    /// Region for national-format numbers, e.g. `DE`.
+    pub region: Option<String>,
+    /// Request encoding.
+    pub format: crate::api::codec::Format,
+    /// Print JSON instead of text.
+    pub json: bool,
+    /// Per-request timeout.
+    pub timeout: std::time::Duration,
+}
+
+/// `discover`: reads an address book, asks the server which contacts are registered, and
+/// returns the report (printing is the caller's job).
+pub async fn discover(args: &DiscoverArgs) -> Result<crate::client::report::DiscoveryReport, CommandError> {
+    use crate::client::addressbook::read_file;
+    use crate::client::normalise::{Normaliser, normalise_book};
+    use crate::client::report::DiscoveryReport;
+    use crate::client::{Client, ClientConfig};
+
+    let contacts = read_file(&args.contacts).map_err(|e| CommandError::Refused(e.to_string()))?;
+    let normaliser = Normaliser::new(args.region.as_deref())
+        .map_err(|e| CommandError::Refused(format!("--region: {e}")))?;
+    let book = normalise_book(&contacts, &normaliser);
+    let mut config = ClientConfig::new(args.server.clone(), args.credential.clone());
+    config.format = args.format;
+    config.timeout = args.timeout;
+    let client = Client::new(config).map_err(|e| CommandError::Refused(e.to_string()))?;
+    let (registered, _) = client
+        .discover(book.numbers())
+        .await
+        .map_err(|e| CommandError::Refused(e.to_string()))?;
+    Ok(DiscoveryReport::new(&contacts, &book, &registered))
+}
+
+/// `discover` from the command line: runs it on a fresh runtime and prints text or JSON.
+pub fn discover_and_print(args: &DiscoverArgs) -> Result<(), CommandError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting the async runtime"))?;
+    let report = runtime.block_on(discover(args))?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| CommandError::Refused(e.to_string()))?;
+        println!("{text}");
+    } else {
+        print!("{}", report.render_text());
+    }
+    Ok(())
+}

@@ -2,6 +2,8 @@
 
 use crate::api::codec::{Format, encode_request};
 use crate::commands::CommandError;
+use crate::client::addressbook::{read_csv, read_vcard};
+use crate::client::normalise::{Normaliser, normalise_book};
 use crate::config::Config;
 use crate::domain::{E164, Fingerprint, UserId};
 use crate::registry::{Registry, Visibility, generate};
@@ -12,7 +14,27 @@ pub const DEMO_REGISTRATIONS: usize = 100_000;
 /// Seed of the demo registry.
 pub const DEMO_SEED: u64 = 1;
 
-/// Seeds the registry with synthetic numbers if it is empty.
+/// The example address books shipped in `examples/`, built into the binary.
+const EXAMPLE_VCF: &str = include_str!("../examples/contacts.vcf");
+const EXAMPLE_CSV: &str = include_str!("../examples/contacts.csv");
+
+/// The numbers of the example address books (read with region DE), each once, in file order.
+pub fn example_numbers() -> Vec<E164> {
+    let mut contacts = read_vcard(EXAMPLE_VCF).unwrap_or_default();
+    contacts.extend(read_csv(EXAMPLE_CSV.as_bytes()).unwrap_or_default());
+    match Normaliser::new(Some("DE")) {
+        Ok(normaliser) => normalise_book(&contacts, &normaliser).numbers().to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The example numbers the demo registers: every other one, so a run shows both outcomes.
+pub fn registered_example_numbers() -> Vec<E164> {
+    example_numbers().into_iter().step_by(2).collect()
+}
+
+/// Seeds the registry with synthetic numbers, plus every other number of the example address
+/// books, if it is empty.
 pub fn seed_if_empty(config: &Config) -> Result<(), CommandError> {
     let (registry, _) = Registry::open(&config.data_dir)?;
     let counts = registry.counts();
@@ -21,6 +43,7 @@ pub fn seed_if_empty(config: &Config) -> Result<(), CommandError> {
     }
     let entries: Vec<_> = generate::numbers(DEMO_REGISTRATIONS, DEMO_SEED)
         .into_iter()
+        .chain(registered_example_numbers())
         .map(|n| (n, Visibility::Discoverable))
         .collect();
     registry.import(&entries)?;
@@ -38,7 +61,7 @@ pub fn print_instructions(config: &Config, app: &Application) {
     let mut numbers: Vec<E164> = registered.into_iter().take(3).collect();
     // Two numbers from the reserved fictional ranges, never registered by the demo.
     numbers.extend(
-        ["+15555550100", "+447700900123"]
+        ["+15555550100", "+447700900999"]
             .iter()
             .filter_map(|t| E164::parse(t).ok()),
     );
@@ -48,17 +71,18 @@ pub fn print_instructions(config: &Config, app: &Application) {
         .collect();
     let body =
         String::from_utf8(encode_request(Format::Json, epoch.0, &fingerprints)).unwrap_or_default();
-    let auth = match (
+    let token = match (
         config.insecure_no_auth,
         load_keys(config),
         UserId::parse("demo-user"),
     ) {
-        (false, Ok(keys), Ok(user)) => {
-            let token = keys.credential_key.mint(&user, now + 86_400);
-            format!(" -H 'Authorization: Bearer {token}'")
-        }
-        _ => String::new(),
+        (false, Ok(keys), Ok(user)) => Some(keys.credential_key.mint(&user, now + 86_400)),
+        _ => None,
     };
+    let auth = token
+        .as_ref()
+        .map(|t| format!(" -H 'Authorization: Bearer {t}'"))
+        .unwrap_or_default();
     let list: Vec<String> = numbers.iter().map(ToString::to_string).collect();
     println!();
     println!(
@@ -74,6 +98,14 @@ pub fn print_instructions(config: &Config, app: &Application) {
     println!(
         "curl -s http://{}/v1/discover -H 'Content-Type: application/json'{auth} -d '{body}'",
         app.public_addr()
+    );
+    println!();
+    println!("Or discover the example address book (some of its contacts are registered):");
+    println!();
+    println!(
+        "cargo run --release -- discover --server http://{} --region DE --contacts examples/contacts.vcf{}",
+        app.public_addr(),
+        token.map(|t| format!(" --credential {t}")).unwrap_or_default()
     );
     println!();
 }

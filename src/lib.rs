@@ -2,6 +2,7 @@
 //! salted, keyed fingerprints, without keeping the address book. See ARCHITECTURE.md.
 
 pub mod api;
+pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod config;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use contact_discovery::api::codec::Format;
 use contact_discovery::commands;
 use contact_discovery::config::{DEFAULT_DATA_DIR, ServeArgs};
 
@@ -42,6 +43,36 @@ enum Command {
         #[arg(long, env = "CONTACT_DISCOVERY_CREDENTIAL_KEY_FILE")]
         credential_key_file: Option<PathBuf>,
     },
+    /// Read an address book (vCard or CSV) and show which contacts are registered.
+    Discover {
+        /// Server base URL.
+        #[arg(long, env = "CONTACT_DISCOVERY_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Credential from the messaging backend (see `credential`).
+        #[arg(long, env = "CONTACT_DISCOVERY_CREDENTIAL", hide_env_values = true)]
+        credential: Option<String>,
+        /// Address book: a vCard (.vcf) or CSV (Google or Outlook) export.
+        #[arg(long)]
+        contacts: PathBuf,
+        /// Region for numbers written in national form, e.g. DE or US.
+        #[arg(long)]
+        region: Option<String>,
+        /// Print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+        /// Request encoding.
+        #[arg(long, value_enum, default_value = "binary")]
+        encoding: Encoding,
+        /// Timeout per request, e.g. 30s.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Encoding {
+    Binary,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +122,26 @@ fn main() -> ExitCode {
                 commands::registry_generate(count, seed, &mut std::io::stdout())
             }
         },
+        Command::Discover {
+            server,
+            credential,
+            contacts,
+            region,
+            json,
+            encoding,
+            timeout,
+        } => commands::discover_and_print(&commands::DiscoverArgs {
+            server,
+            credential,
+            contacts,
+            region,
+            format: match encoding {
+                Encoding::Binary => Format::Binary,
+                Encoding::Json => Format::Json,
+            },
+            json,
+            timeout,
+        }),
         Command::Credential {
             user,
             ttl,

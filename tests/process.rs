@@ -21,7 +21,13 @@ struct Server {
 
 fn start_server(data_dir: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--admin-token", ADMIN_TOKEN])
@@ -74,7 +80,12 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-async fn post_change(client: &reqwest::Client, admin: &str, add: &[String], remove: &[String]) -> Option<u16> {
+async fn post_change(
+    client: &reqwest::Client,
+    admin: &str,
+    add: &[String],
+    remove: &[String],
+) -> Option<u16> {
     let response = client
         .post(format!("http://{admin}/admin/v1/registrations"))
         .bearer_auth(ADMIN_TOKEN)
@@ -91,8 +102,16 @@ fn export(data_dir: &Path) -> Vec<String> {
         .arg(data_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Every acknowledged registration survives SIGKILL at a random moment during a stream of writes.
@@ -128,10 +147,16 @@ async fn acknowledged_changes_survive_kill_9() {
         acknowledged.extend(acked);
         let present: std::collections::HashSet<String> = export(dir.path()).into_iter().collect();
         for number in &acknowledged {
-            assert!(present.contains(number), "acknowledged {number} lost after kill -9");
+            assert!(
+                present.contains(number),
+                "acknowledged {number} lost after kill -9"
+            );
         }
     }
-    assert!(acknowledged.len() > 5, "the writer got some acknowledgements");
+    assert!(
+        acknowledged.len() > 5,
+        "the writer got some acknowledgements"
+    );
 }
 
 /// SIGTERM drains, flushes and exits 0; the registrations are there after restart.
@@ -179,11 +204,21 @@ async fn generated_keys_are_mode_0600_and_the_cli_credential_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), &["--demo"]);
     for name in ["server.secret", "credential.key"] {
-        let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{name}");
     }
     let out = Command::new(BIN)
-        .args(["credential", "--user", "cli-user", "--ttl", "10m", "--data-dir"])
+        .args([
+            "credential",
+            "--user",
+            "cli-user",
+            "--ttl",
+            "10m",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -209,7 +244,10 @@ async fn generated_keys_are_mode_0600_and_the_cli_credential_is_accepted() {
             .body(body)
             .send()
     };
-    assert_eq!(send(token.clone(), body.clone()).await.unwrap().status(), 200);
+    assert_eq!(
+        send(token.clone(), body.clone()).await.unwrap().status(),
+        200
+    );
     let forged = format!("{}x", &token[..token.len() - 1]);
     assert_eq!(send(forged, body).await.unwrap().status(), 401);
     server.kill9();
@@ -237,7 +275,11 @@ fn run(args: &[&str], data_dir: &Path, stdin: Option<&str>) -> std::process::Out
 fn registry_import_is_all_or_nothing_and_reports_line_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("numbers.txt");
-    std::fs::write(&file, "+15550000001\n# comment\n\n15550000002\n+15550000003 hidden\n+0123\n").unwrap();
+    std::fs::write(
+        &file,
+        "+15550000001\n# comment\n\n15550000002\n+15550000003 hidden\n+0123\n",
+    )
+    .unwrap();
     let data = dir.path().join("data");
     let out = run(&["registry", "import", file.to_str().unwrap()], &data, None);
     assert!(!out.status.success());
@@ -246,8 +288,21 @@ fn registry_import_is_all_or_nothing_and_reports_line_numbers() {
     assert!(stderr.contains("numbers.txt:6:"), "{stderr}");
     assert!(export(&data).is_empty(), "nothing imported");
 
-    let out = run(&["registry", "import", "--skip-invalid", file.to_str().unwrap()], &data, None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        &[
+            "registry",
+            "import",
+            "--skip-invalid",
+            file.to_str().unwrap(),
+        ],
+        &data,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(export(&data), vec!["+15550000001", "+15550000003 hidden"]);
 }
 
@@ -263,7 +318,11 @@ fn generated_numbers_import_and_export_round_trip() {
     let text = String::from_utf8(generated.stdout).unwrap();
     assert_eq!(text.lines().count(), 2000);
     let out = run(&["registry", "import", "-"], &data, Some(&text));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut expected: Vec<&str> = text.lines().collect();
     expected.sort_by_key(|n| n[1..].parse::<u64>().unwrap());
     assert_eq!(export(&data), expected);
@@ -280,5 +339,69 @@ fn registry_commands_refuse_a_directory_in_use() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+    server.kill9();
+}
+
+/// The README's demo path: `serve --demo`, then `discover` on the example address book.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_cli_finds_the_registered_example_contacts() {
+    use contact_discovery::client::addressbook::read_file;
+    use contact_discovery::client::normalise::{Normaliser, normalise_book};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), &["--demo"]);
+    let token = Command::new(BIN)
+        .args(["credential", "--user", "readme-reader", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let registered: std::collections::HashSet<_> =
+        contact_discovery::demo::registered_example_numbers().into_iter().collect();
+    let book_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/contacts.vcf");
+    let contacts = read_file(&book_path).unwrap();
+    let book = normalise_book(&contacts, &Normaliser::new(Some("DE")).unwrap());
+    let expected = book.numbers().iter().filter(|n| registered.contains(n)).count();
+    assert!(expected > 0 && expected < book.numbers().len());
+
+    for encoding in ["binary", "json"] {
+        let out = Command::new(BIN)
+            .args(["discover", "--server", &format!("http://{}", server.public)])
+            .args(["--credential", &token, "--region", "DE", "--json", "--encoding", encoding])
+            .arg("--contacts")
+            .arg(&book_path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["summary"]["contacts"], contacts.len());
+        assert_eq!(report["summary"]["registered"], expected);
+        assert_eq!(report["summary"]["unparseable"], book.unparseable().len());
+        for (contact, shown) in contacts.iter().zip(report["contacts"].as_array().unwrap()) {
+            assert_eq!(shown["name"], contact.name.as_str());
+        }
+    }
+
+    // The text form ends with the summary line.
+    let out = Command::new(BIN)
+        .args(["discover", "--server", &format!("http://{}", server.public)])
+        .args(["--credential", &token, "--region", "DE", "--contacts"])
+        .arg(&book_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(last.contains(&format!("{} registered", expected)), "{last}");
+    assert!(last.contains("1 unparseable"), "{last}");
+
+    // Without a credential the CLI fails with the server's reason, not a crash.
+    let out = Command::new(BIN)
+        .args(["discover", "--server", &format!("http://{}", server.public), "--contacts"])
+        .arg(&book_path)
+        .env_remove("CONTACT_DISCOVERY_CREDENTIAL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing_credential"));
     server.kill9();
 }

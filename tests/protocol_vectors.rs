@@ -2,6 +2,7 @@
 //! derivations in the library, and the request/response bytes of the real server.
 
 use contact_discovery::api::codec::{self, Format};
+use contact_discovery::client::{Client, ClientConfig};
 use contact_discovery::domain::secret::parse_hex32;
 use contact_discovery::domain::{CredentialKey, E164, Epoch, Fingerprint, ServerSecret, UserId};
 use serde_json::Value;
@@ -34,7 +35,10 @@ fn salts() {
     let secret = secret(&v);
     for case in v["salts"].as_array().unwrap() {
         let epoch = Epoch(case["epoch"].as_u64().unwrap());
-        assert_eq!(hex(secret.salt(epoch).as_bytes()), case["salt_hex"].as_str().unwrap());
+        assert_eq!(
+            hex(secret.salt(epoch).as_bytes()),
+            case["salt_hex"].as_str().unwrap()
+        );
     }
 }
 
@@ -44,8 +48,14 @@ fn fingerprints() {
     let salt = secret(&v).salt(Epoch(v["fingerprints"]["epoch"].as_u64().unwrap()));
     for case in v["fingerprints"]["cases"].as_array().unwrap() {
         let fp = Fingerprint::compute(&salt, E164::parse(case["e164"].as_str().unwrap()).unwrap());
-        assert_eq!(hex(&fp.to_bytes()), case["fingerprint_hex"].as_str().unwrap());
-        assert_eq!(codec::encode_fingerprint(fp), case["base64url"].as_str().unwrap());
+        assert_eq!(
+            hex(&fp.to_bytes()),
+            case["fingerprint_hex"].as_str().unwrap()
+        );
+        assert_eq!(
+            codec::encode_fingerprint(fp),
+            case["base64url"].as_str().unwrap()
+        );
     }
 }
 
@@ -78,7 +88,10 @@ fn credential() {
     let user = UserId::parse(c["user"].as_str().unwrap()).unwrap();
     let expiry = c["expiry"].as_u64().unwrap();
     assert_eq!(key.mint(&user, expiry), c["token"].as_str().unwrap());
-    assert!(key.verify(c["token"].as_str().unwrap(), expiry - 60, 3_600).is_ok());
+    assert!(
+        key.verify(c["token"].as_str().unwrap(), expiry - 60, 3_600)
+            .is_ok()
+    );
 }
 
 /// The real server, given the vector's secret and registrations, answers the vector's requests
@@ -110,7 +123,10 @@ async fn the_server_answers_the_published_request() {
         .iter()
         .map(|n| E164::parse(n.as_str().unwrap()).unwrap())
         .collect();
-    let ops: Vec<_> = numbers.into_iter().map(contact_discovery::registry::Op::Add).collect();
+    let ops: Vec<_> = numbers
+        .into_iter()
+        .map(contact_discovery::registry::Op::Add)
+        .collect();
     app.state().registry.apply(&ops).unwrap();
     app.warm_up().await;
     let (public, keys) = (app.public_addr(), load_keys(&config).unwrap());
@@ -131,7 +147,10 @@ async fn the_server_answers_the_published_request() {
         .await
         .unwrap();
     assert_eq!(binary.status(), 200);
-    assert_eq!(hex(&binary.bytes().await.unwrap()), r["binary_response_hex"].as_str().unwrap());
+    assert_eq!(
+        hex(&binary.bytes().await.unwrap()),
+        r["binary_response_hex"].as_str().unwrap()
+    );
     let json = client
         .post(format!("http://{public}/v1/discover"))
         .header("content-type", "application/json")
@@ -142,6 +161,23 @@ async fn the_server_answers_the_published_request() {
         .unwrap();
     assert_eq!(json.status(), 200);
     assert_eq!(json.json::<Value>().await.unwrap(), r["json_response"]);
+
+    // The library client, given the vector's numbers, gets the vector's answer in both encodings.
+    let numbers: Vec<E164> = r["numbers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| E164::parse(n.as_str().unwrap()).unwrap())
+        .collect();
+    let expected: Vec<bool> = (0..numbers.len())
+        .map(|i| r["json_response"]["registered"].as_array().unwrap().contains(&Value::from(i)))
+        .collect();
+    for format in [Format::Binary, Format::Json] {
+        let mut config = ClientConfig::new(format!("http://{public}"), Some(token.clone()));
+        config.format = format;
+        let (registered, _) = Client::new(config).unwrap().discover(&numbers).await.unwrap();
+        assert_eq!(registered, expected);
+    }
     let _ = tx.send(());
     server.await.unwrap().unwrap();
 }

@@ -22,8 +22,8 @@ pub struct InvalidNumber {
     pub reason: String,
 }
 
-/// What a client needs to retry on the current epoch at once.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// What a client needs to retry on the current epoch at once (also the `/v1/epoch` body).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct EpochInfo {
     /// Current epoch number.
     pub epoch: u64,

@@ -1,0 +1,308 @@
+//! `Client`: talks to a contact-discovery server the way the protocol asks a client to.
+//!
+//! It fetches the epoch and salt, fingerprints numbers, sends them in batches of at most
+//! `max_batch` (binary by default), refetches the salt and retries once when the server says the
+//! epoch is gone (410), waits out `Retry-After` on 429, and maps each answer back to the numbers.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use parking_lot::Mutex;
+
+use crate::api::EpochInfo;
+use crate::api::codec::{self, Format};
+use crate::domain::{E164, Fingerprint, Salt};
+
+/// How a client connects.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8080`.
+    pub server: String,
+    /// Bearer credential from the messaging backend (`None` only for `--insecure-no-auth` servers).
+    pub credential: Option<String>,
+    /// Request encoding.
+    pub format: Format,
+    /// Timeout of each HTTP request.
+    pub timeout: Duration,
+    /// Longest total time to wait out rate limits before giving up.
+    pub max_rate_limit_wait: Duration,
+}
+
+impl ClientConfig {
+    /// Binary encoding, 30 s timeout, up to 10 min of rate-limit waits.
+    pub fn new(server: impl Into<String>, credential: Option<String>) -> Self {
+        Self {
+            server: server.into().trim_end_matches('/').to_owned(),
+            credential,
+            format: Format::Binary,
+            timeout: Duration::from_secs(30),
+            max_rate_limit_wait: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why a discovery run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached or the connection failed.
+    #[error("cannot reach the server: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The server refused the request with a documented error.
+    #[error("server refused the request ({status} {code}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Stable error code.
+        code: String,
+        /// Human message.
+        message: String,
+    },
+    /// The server answered something the protocol does not allow.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(&'static str),
+    /// Rate limits would take longer to wait out than allowed.
+    #[error("rate limited for longer than the allowed wait ({0:?})")]
+    RateLimitedTooLong(Duration),
+}
+
+/// Progress of a discovery run, reported after each batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Numbers answered so far.
+    pub done: usize,
+    /// Numbers in the run.
+    pub total: usize,
+    /// Batches answered so far.
+    pub batches: usize,
+}
+
+/// Counters of one run, for reports and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Requests sent (including retries).
+    pub requests: usize,
+    /// Times the epoch was refreshed after a 410.
+    pub epoch_refreshes: usize,
+    /// Times a 429 was waited out.
+    pub rate_limit_waits: usize,
+}
+
+struct Epoch {
+    number: u64,
+    salt: Salt,
+    max_batch: usize,
+    not_after: std::time::SystemTime,
+}
+
+/// A discovery client. Reuse one for many runs: it keeps the connection pool and the epoch.
+pub struct Client {
+    http: reqwest::Client,
+    config: ClientConfig,
+    epoch: Mutex<Option<std::sync::Arc<Epoch>>>,
+}
+
+impl Client {
+    /// A client for `config`.
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .user_agent(concat!("contact-discovery/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            config,
+            epoch: Mutex::new(None),
+        })
+    }
+
+    /// Fetches the current epoch, salt and limits.
+    pub async fn fetch_epoch(&self) -> Result<EpochInfo, ClientError> {
+        let response = self
+            .http
+            .get(format!("{}/v1/epoch", self.config.server))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            return Err(refusal(response).await);
+        }
+        let info: EpochInfo = response.json().await?;
+        self.remember(&info)?;
+        Ok(info)
+    }
+
+    fn remember(&self, info: &EpochInfo) -> Result<std::sync::Arc<Epoch>, ClientError> {
+        let salt: [u8; 32] = URL_SAFE_NO_PAD
+            .decode(&info.salt)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(ClientError::Protocol("the salt is not 32 bytes of base64url"))?;
+        if info.fingerprint_bytes != crate::domain::FINGERPRINT_BYTES || info.max_batch == 0 {
+            return Err(ClientError::Protocol("unsupported fingerprint size or batch limit"));
+        }
+        let not_after = humantime::parse_rfc3339(&info.not_after)
+            .map_err(|_| ClientError::Protocol("not_after is not RFC 3339"))?;
+        let epoch = std::sync::Arc::new(Epoch {
+            number: info.epoch,
+            salt: Salt::from_bytes(salt),
+            max_batch: info.max_batch,
+            not_after,
+        });
+        *self.epoch.lock() = Some(std::sync::Arc::clone(&epoch));
+        Ok(epoch)
+    }
+
+    async fn current_epoch(&self) -> Result<std::sync::Arc<Epoch>, ClientError> {
+        // A cached epoch past its end would earn a 410 round trip: refresh it first.
+        let cached = self
+            .epoch
+            .lock()
+            .clone()
+            .filter(|e| e.not_after > std::time::SystemTime::now());
+        match cached {
+            Some(epoch) => Ok(epoch),
+            None => {
+                self.fetch_epoch().await?;
+                self.epoch
+                    .lock()
+                    .clone()
+                    .ok_or(ClientError::Protocol("no epoch"))
+            }
+        }
+    }
+
+    /// Which of `numbers` belong to registered users: `result[i]` answers `numbers[i]`.
+    pub async fn discover(&self, numbers: &[E164]) -> Result<(Vec<bool>, RunStats), ClientError> {
+        self.discover_with_progress(numbers, |_| {}).await
+    }
+
+    /// Like [`Client::discover`], calling `progress` after every batch.
+    pub async fn discover_with_progress(
+        &self,
+        numbers: &[E164],
+        mut progress: impl FnMut(Progress),
+    ) -> Result<(Vec<bool>, RunStats), ClientError> {
+        let mut registered = vec![false; numbers.len()];
+        let mut stats = RunStats::default();
+        let mut waited = Duration::ZERO;
+        let mut start = 0;
+        let mut batches = 0;
+        while start < numbers.len() {
+            let epoch = self.current_epoch().await?;
+            let end = (start + epoch.max_batch).min(numbers.len());
+            let hits = self
+                .batch(&numbers[start..end], epoch, &mut stats, &mut waited)
+                .await?;
+            for i in hits {
+                registered[start + i] = true;
+            }
+            start = end;
+            batches += 1;
+            progress(Progress {
+                done: start,
+                total: numbers.len(),
+                batches,
+            });
+        }
+        Ok((registered, stats))
+    }
+
+    /// Sends one batch, retrying once after a 410 and as often as allowed after a 429.
+    async fn batch(
+        &self,
+        numbers: &[E164],
+        mut epoch: std::sync::Arc<Epoch>,
+        stats: &mut RunStats,
+        waited: &mut Duration,
+    ) -> Result<Vec<usize>, ClientError> {
+        let mut refreshed = false;
+        loop {
+            // A batch sized for an old epoch may exceed a smaller new limit; the caller re-splits
+            // on the next batch, and this one is refused with a clear error rather than lost.
+            let fingerprints: Vec<Fingerprint> = numbers
+                .iter()
+                .map(|n| Fingerprint::compute(&epoch.salt, *n))
+                .collect();
+            let body = codec::encode_request(self.config.format, epoch.number, &fingerprints);
+            let mut request = self
+                .http
+                .post(format!("{}/v1/discover", self.config.server))
+                .header(reqwest::header::CONTENT_TYPE, self.config.format.content_type())
+                .body(body);
+            if let Some(credential) = &self.config.credential {
+                request = request.bearer_auth(credential);
+            }
+            stats.requests += 1;
+            let response = request.send().await?;
+            match response.status().as_u16() {
+                200 => {
+                    let bytes = response.bytes().await?;
+                    return decode_answer(self.config.format, &bytes, numbers.len());
+                }
+                410 if !refreshed => {
+                    let body: serde_json::Value = response.json().await?;
+                    let info: EpochInfo = serde_json::from_value(body["current"].clone())
+                        .map_err(|_| ClientError::Protocol("410 without the current epoch"))?;
+                    epoch = self.remember(&info)?;
+                    stats.epoch_refreshes += 1;
+                    refreshed = true;
+                }
+                429 | 503 => {
+                    let wait = retry_after(&response).unwrap_or(Duration::from_secs(1));
+                    if *waited + wait > self.config.max_rate_limit_wait {
+                        return Err(ClientError::RateLimitedTooLong(*waited + wait));
+                    }
+                    *waited += wait;
+                    stats.rate_limit_waits += 1;
+                    tokio::time::sleep(wait).await;
+                }
+                _ => return Err(refusal(response).await),
+            }
+        }
+    }
+}
+
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let secs = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+fn decode_answer(format: Format, body: &[u8], n: usize) -> Result<Vec<usize>, ClientError> {
+    match format {
+        Format::Binary => codec::decode_binary_response(body, n)
+            .map(|(_, hits)| hits)
+            .ok_or(ClientError::Protocol("binary answer has the wrong length")),
+        Format::Json => {
+            let value: serde_json::Value = serde_json::from_slice(body)
+                .map_err(|_| ClientError::Protocol("JSON answer is not JSON"))?;
+            let list = value["registered"]
+                .as_array()
+                .ok_or(ClientError::Protocol("JSON answer without registered"))?;
+            list.iter()
+                .map(|i| {
+                    i.as_u64()
+                        .map(|i| i as usize)
+                        .filter(|i| *i < n)
+                        .ok_or(ClientError::Protocol("registered index out of range"))
+                })
+                .collect()
+        }
+    }
+}
+
+async fn refusal(response: reqwest::Response) -> ClientError {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    ClientError::Refused {
+        status,
+        code: body["code"].as_str().unwrap_or("unknown").to_owned(),
+        message: body["message"].as_str().unwrap_or("").to_owned(),
+    }
+}
