@@ -207,7 +207,9 @@ pub struct DiscoverArgs {
 
 /// `discover`: reads an address book, asks the server which contacts are registered, and
 /// returns the report (printing is the caller's job).
-pub async fn discover(args: &DiscoverArgs) -> Result<crate::client::report::DiscoveryReport, CommandError> {
+pub async fn discover(
+    args: &DiscoverArgs,
+) -> Result<crate::client::report::DiscoveryReport, CommandError> {
     use crate::client::addressbook::read_file;
     use crate::client::normalise::{Normaliser, normalise_book};
     use crate::client::report::DiscoveryReport;

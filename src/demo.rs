@@ -1,9 +1,9 @@
 //! `serve --demo`: a synthetic registry on first start and a request to paste.
 
 use crate::api::codec::{Format, encode_request};
-use crate::commands::CommandError;
 use crate::client::addressbook::{read_csv, read_vcard};
 use crate::client::normalise::{Normaliser, normalise_book};
+use crate::commands::CommandError;
 use crate::config::Config;
 use crate::domain::{E164, Fingerprint, UserId};
 use crate::registry::{Registry, Visibility, generate};
@@ -105,7 +105,9 @@ pub fn print_instructions(config: &Config, app: &Application) {
     println!(
         "cargo run --release -- discover --server http://{} --region DE --contacts examples/contacts.vcf{}",
         app.public_addr(),
-        token.map(|t| format!(" --credential {t}")).unwrap_or_default()
+        token
+            .map(|t| format!(" --credential {t}"))
+            .unwrap_or_default()
     );
     println!();
 }

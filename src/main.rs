@@ -46,7 +46,11 @@ enum Command {
     /// Read an address book (vCard or CSV) and show which contacts are registered.
     Discover {
         /// Server base URL.
-        #[arg(long, env = "CONTACT_DISCOVERY_SERVER", default_value = "http://127.0.0.1:8080")]
+        #[arg(
+            long,
+            env = "CONTACT_DISCOVERY_SERVER",
+            default_value = "http://127.0.0.1:8080"
+        )]
         server: String,
         /// Credential from the messaging backend (see `credential`).
         #[arg(long, env = "CONTACT_DISCOVERY_CREDENTIAL", hide_env_values = true)]

@@ -357,22 +357,40 @@ async fn discover_cli_finds_the_registered_example_contacts() {
         .unwrap();
     let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
     let registered: std::collections::HashSet<_> =
-        contact_discovery::demo::registered_example_numbers().into_iter().collect();
+        contact_discovery::demo::registered_example_numbers()
+            .into_iter()
+            .collect();
     let book_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/contacts.vcf");
     let contacts = read_file(&book_path).unwrap();
     let book = normalise_book(&contacts, &Normaliser::new(Some("DE")).unwrap());
-    let expected = book.numbers().iter().filter(|n| registered.contains(n)).count();
+    let expected = book
+        .numbers()
+        .iter()
+        .filter(|n| registered.contains(n))
+        .count();
     assert!(expected > 0 && expected < book.numbers().len());
 
     for encoding in ["binary", "json"] {
         let out = Command::new(BIN)
             .args(["discover", "--server", &format!("http://{}", server.public)])
-            .args(["--credential", &token, "--region", "DE", "--json", "--encoding", encoding])
+            .args([
+                "--credential",
+                &token,
+                "--region",
+                "DE",
+                "--json",
+                "--encoding",
+                encoding,
+            ])
             .arg("--contacts")
             .arg(&book_path)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["summary"]["contacts"], contacts.len());
         assert_eq!(report["summary"]["registered"], expected);
@@ -396,7 +414,12 @@ async fn discover_cli_finds_the_registered_example_contacts() {
 
     // Without a credential the CLI fails with the server's reason, not a crash.
     let out = Command::new(BIN)
-        .args(["discover", "--server", &format!("http://{}", server.public), "--contacts"])
+        .args([
+            "discover",
+            "--server",
+            &format!("http://{}", server.public),
+            "--contacts",
+        ])
         .arg(&book_path)
         .env_remove("CONTACT_DISCOVERY_CREDENTIAL")
         .output()

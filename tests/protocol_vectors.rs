@@ -170,12 +170,21 @@ async fn the_server_answers_the_published_request() {
         .map(|n| E164::parse(n.as_str().unwrap()).unwrap())
         .collect();
     let expected: Vec<bool> = (0..numbers.len())
-        .map(|i| r["json_response"]["registered"].as_array().unwrap().contains(&Value::from(i)))
+        .map(|i| {
+            r["json_response"]["registered"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from(i))
+        })
         .collect();
     for format in [Format::Binary, Format::Json] {
         let mut config = ClientConfig::new(format!("http://{public}"), Some(token.clone()));
         config.format = format;
-        let (registered, _) = Client::new(config).unwrap().discover(&numbers).await.unwrap();
+        let (registered, _) = Client::new(config)
+            .unwrap()
+            .discover(&numbers)
+            .await
+            .unwrap();
         assert_eq!(registered, expected);
     }
     let _ = tx.send(());

@@ -36,12 +36,7 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| hash_token(t.trim()));
+    let given = super::bearer_token(request.headers()).map(hash_token);
     // blake3::Hash equality is constant-time.
     if given == Some(state.admin_token_hash) {
         next.run(request).await

@@ -116,11 +116,47 @@ fn decode_binary(body: &[u8]) -> Result<DiscoverRequest, ApiError> {
     })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct JsonRequest {
     epoch: u64,
     fingerprints: JsonFingerprints,
+}
+
+/// Hand-written rather than derived: a derived struct would also accept a JSON array
+/// `[epoch, [...]]`, and the protocol defines the request as an object only.
+impl<'de> Deserialize<'de> for JsonRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = JsonRequest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object with epoch and fingerprints")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut epoch = None;
+                let mut fingerprints = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "epoch" if epoch.is_none() => epoch = Some(map.next_value::<u64>()?),
+                        "fingerprints" if fingerprints.is_none() => {
+                            fingerprints = Some(map.next_value::<JsonFingerprints>()?);
+                        }
+                        "epoch" | "fingerprints" => {
+                            return Err(de::Error::custom("duplicate field"));
+                        }
+                        _ => return Err(de::Error::custom("unknown field")),
+                    }
+                }
+                match (epoch, fingerprints) {
+                    (Some(epoch), Some(fingerprints)) => Ok(JsonRequest {
+                        epoch,
+                        fingerprints,
+                    }),
+                    _ => Err(de::Error::custom("missing field")),
+                }
+            }
+        }
+        deserializer.deserialize_map(V)
+    }
 }
 
 /// The decoded list plus the first element that was not a valid fingerprint, if any.
@@ -361,6 +397,8 @@ mod tests {
                 "malformed_body",
             ),
             ("{\"epoch\":-1,\"fingerprints\":[]}", "malformed_body"),
+            ("[1,[\"c2VjcmV0ZnA\"]]", "malformed_body"),
+            ("{\"fingerprints\":[\"c2VjcmV0ZnA\"]}", "malformed_body"),
             (
                 "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\"",
                 "malformed_body",

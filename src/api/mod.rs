@@ -91,6 +91,13 @@ pub async fn observe(
     response
 }
 
+/// The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive).
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// JSON 404 for unknown routes.
 pub async fn not_found() -> Response {
     ApiError::NotFound.into_response()

@@ -45,21 +45,13 @@ fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<UserId, ApiE
     let Some(key) = &state.credential_key else {
         return UserId::parse(ANONYMOUS).map_err(|_| ApiError::MissingCredential);
     };
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or(ApiError::MissingCredential)?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::InvalidCredential(
-            crate::domain::CredentialError::Malformed,
-        ))?;
-    let credential = key.verify(
-        token.trim(),
-        state.clock.now_secs(),
-        state.max_credential_ttl,
-    )?;
+    if !headers.contains_key(header::AUTHORIZATION) {
+        return Err(ApiError::MissingCredential);
+    }
+    let token = super::bearer_token(headers).ok_or(ApiError::InvalidCredential(
+        crate::domain::CredentialError::Malformed,
+    ))?;
+    let credential = key.verify(token, state.clock.now_secs(), state.max_credential_ttl)?;
     Ok(credential.user)
 }
 

@@ -114,13 +114,20 @@ impl DiscoveryReport {
     pub fn render_text(&self) -> String {
         let mut out = String::new();
         let s = &self.summary;
-        let _ = writeln!(out, "Reachable contacts ({} of {}):", s.reachable_contacts, s.contacts);
+        let _ = writeln!(
+            out,
+            "Reachable contacts ({} of {}):",
+            s.reachable_contacts, s.contacts
+        );
         for contact in self.contacts.iter().filter(|c| c.reachable) {
             let numbers: Vec<&str> = contact
                 .numbers
                 .iter()
                 .filter_map(|n| match n {
-                    NumberReport::Looked { e164, registered: true } => Some(e164.as_str()),
+                    NumberReport::Looked {
+                        e164,
+                        registered: true,
+                    } => Some(e164.as_str()),
                     _ => None,
                 })
                 .collect();

@@ -136,9 +136,13 @@ impl Client {
             .decode(&info.salt)
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or(ClientError::Protocol("the salt is not 32 bytes of base64url"))?;
+            .ok_or(ClientError::Protocol(
+                "the salt is not 32 bytes of base64url",
+            ))?;
         if info.fingerprint_bytes != crate::domain::FINGERPRINT_BYTES || info.max_batch == 0 {
-            return Err(ClientError::Protocol("unsupported fingerprint size or batch limit"));
+            return Err(ClientError::Protocol(
+                "unsupported fingerprint size or batch limit",
+            ));
         }
         let not_after = humantime::parse_rfc3339(&info.not_after)
             .map_err(|_| ClientError::Protocol("not_after is not RFC 3339"))?;
@@ -227,7 +231,10 @@ impl Client {
             let mut request = self
                 .http
                 .post(format!("{}/v1/discover", self.config.server))
-                .header(reqwest::header::CONTENT_TYPE, self.config.format.content_type())
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    self.config.format.content_type(),
+                )
                 .body(body);
             if let Some(credential) = &self.config.credential {
                 request = request.bearer_auth(credential);

@@ -234,3 +234,243 @@ pub fn decode_salt(text: &str) -> Salt {
 pub fn epoch_at(app: &TestApp) -> Epoch {
     Epoch(app.clock.now_secs() / app.config.epoch_seconds)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Additions for the behaviour suites: polling the rotation task, raw requests, error checks,
+// metrics parsing.
+// ---------------------------------------------------------------------------------------------
+
+/// A discovery request's outcome: status, headers and raw body.
+pub type RawResponse = (u16, reqwest::header::HeaderMap, Vec<u8>);
+
+impl TestApp {
+    /// `GET /v1/epoch` as JSON.
+    pub async fn epoch_info(&self) -> serde_json::Value {
+        let response = self.client.get(self.url("/v1/epoch")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Waits (bounded) until the current epoch is ready and every epoch in `epochs` is live.
+    pub async fn wait_for_epochs(&self, epochs: &[u64]) {
+        for _ in 0..2_000 {
+            let live: Vec<u64> = self
+                .state
+                .indexes
+                .snapshot()
+                .iter()
+                .map(|(e, _)| e.0)
+                .collect();
+            if self.state.indexes.is_ready(self.clock.now_secs())
+                && epochs.iter().all(|e| live.contains(e))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!(
+            "epochs {epochs:?} never became live (live: {:?})",
+            self.state
+                .indexes
+                .snapshot()
+                .iter()
+                .map(|(e, _)| e.0)
+                .collect::<Vec<_>>()
+        );
+    }
+
+    /// Waits (bounded) until `epoch` is no longer live.
+    pub async fn wait_for_retired(&self, epoch: u64) {
+        for _ in 0..2_000 {
+            if self
+                .state
+                .indexes
+                .snapshot()
+                .iter()
+                .all(|(e, _)| e.0 != epoch)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("epoch {epoch} was never retired");
+    }
+
+    /// Posts `fingerprints` for `epoch` in `format` with `credential`.
+    pub async fn discover_fps(
+        &self,
+        format: Format,
+        credential: &str,
+        epoch: u64,
+        fingerprints: &[Fingerprint],
+    ) -> RawResponse {
+        let body = codec::encode_request(format, epoch, fingerprints);
+        self.discover_raw(format.content_type(), Some(credential), body)
+            .await
+    }
+
+    /// Asks about `numbers` with an explicit epoch and salt; asserts 200 and that the response
+    /// names `epoch`; returns the registered indices.
+    pub async fn discover_at(
+        &self,
+        format: Format,
+        user: &str,
+        epoch: u64,
+        salt: &Salt,
+        numbers: &[&str],
+    ) -> Vec<usize> {
+        let fps = fingerprints(salt, numbers);
+        let (status, _, body) = self
+            .discover_fps(format, &self.credential(user), epoch, &fps)
+            .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        registered_indices(format, epoch, fps.len(), &body)
+    }
+
+    /// An admin `POST /admin/v1/registrations` with `body`, returning status and JSON body.
+    pub async fn change_raw(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .post(self.admin_url("/admin/v1/registrations"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// `GET /admin/v1/stats` with the admin token.
+    pub async fn stats(&self) -> serde_json::Value {
+        let response = self
+            .client
+            .get(self.admin_url("/admin/v1/stats"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// `GET /metrics` (no token) as text.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
+    /// Checks that a known-good request still gets the right answer: `registered` numbers are
+    /// found, `unregistered` ones are not, in both encodings.
+    pub async fn assert_still_answers(&self, registered: &str, unregistered: &str) {
+        for format in [Format::Binary, Format::Json] {
+            let hits = self
+                .discover(format, "health-check", &[unregistered, registered])
+                .await;
+            assert_eq!(hits, vec![1], "{format:?}");
+        }
+    }
+}
+
+/// Sends `request` as raw bytes over a fresh TCP connection and reads the response until the
+/// server closes it (send `Connection: close`). Returns status, header block and body.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+            }
+            if let Some(done) = complete_response_len(&response) {
+                response.truncate(done);
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no complete response within the timeout");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let head = String::from_utf8(response[..split].to_vec()).unwrap();
+    let body = response[split + 4..].to_vec();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    (status, head, body)
+}
+
+/// Length of a complete HTTP/1.1 response with a Content-Length in `bytes`, if all there.
+fn complete_response_len(bytes: &[u8]) -> Option<usize> {
+    let split = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&bytes[..split]).ok()?;
+    let len: usize = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })?;
+    let total = split + 4 + len;
+    (bytes.len() >= total).then_some(total)
+}
+
+/// Checks an error response: the status, `Cache-Control: no-store`, a JSON body whose `code` is
+/// `code` (one of the documented codes) and whose `message` is a string. Returns the body.
+pub fn assert_error(response: &RawResponse, status: u16, code: &str) -> serde_json::Value {
+    let (got, headers, body) = response;
+    let text = String::from_utf8_lossy(body);
+    assert_eq!(*got, status, "body: {text}");
+    assert_eq!(
+        headers.get("cache-control").map(|v| v.to_str().unwrap()),
+        Some("no-store")
+    );
+    assert!(
+        headers
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("application/json")),
+        "error content type: {headers:?}"
+    );
+    let value: serde_json::Value = serde_json::from_slice(body).expect("a JSON error body");
+    assert_eq!(value["code"], code, "body: {text}");
+    assert!(
+        contact_discovery::api::ApiError::CODES.contains(&code),
+        "{code} is not a documented code"
+    );
+    assert!(value["message"].is_string(), "body: {text}");
+    value
+}
+
+/// Hex of `bytes`, lower case.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The value of the sample `key` (a metric name with its label set exactly as rendered, e.g.
+/// `foo_total{a="b"}`) in Prometheus text, or `None` if absent.
+pub fn metric(text: &str, key: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == key).then(|| value.parse().ok())?
+        })
+}
+
+/// Like [`metric`], but absent samples count as 0 (counters not yet touched).
+pub fn metric_or_zero(text: &str, key: &str) -> f64 {
+    metric(text, key).unwrap_or(0.0)
+}

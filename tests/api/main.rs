@@ -1,4 +1,12 @@
 //! Integration tests over real HTTP against the service on port 0.
 
+mod admin;
+mod auth;
+mod client;
+mod discover;
+mod epochs;
+mod errors;
 mod helpers;
+mod ratelimit;
+mod restart;
 mod smoke;

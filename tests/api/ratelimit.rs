@@ -1,0 +1,183 @@
+//! The per-user fingerprint budget: 429 with Retry-After, per user, and only spent by lookups
+//! that are actually answered.
+
+use contact_discovery::api::codec::{self, Format};
+use contact_discovery::domain::Fingerprint;
+
+use crate::helpers::{
+    RawResponse, TestApp, assert_error, fingerprints, metric_or_zero, registered_indices,
+    spawn_app_with,
+};
+
+const BURST: usize = 10;
+const REGISTERED: &str = "+4915112345678";
+
+/// An app where each user may look up `BURST` fingerprints, refilled one a day.
+async fn limited_app() -> TestApp {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_burst = BURST as u32;
+        c.rate_limit_refill_per_day = 1;
+        c.max_batch = BURST;
+    })
+    .await;
+    app.change(&[REGISTERED], &[], &[]).await;
+    app
+}
+
+/// `n` fingerprints under the current salt, the first one of the registered number.
+async fn batch(app: &TestApp, n: usize) -> (u64, Vec<Fingerprint>) {
+    let (epoch, salt) = app.epoch().await;
+    let mut fps = fingerprints(&salt, &[REGISTERED]);
+    fps.extend((1..n as u64).map(|i| Fingerprint::from_bytes(i.to_be_bytes())));
+    fps.truncate(n);
+    (epoch, fps)
+}
+
+async fn ask(app: &TestApp, user: &str, format: Format, n: usize) -> RawResponse {
+    let (epoch, fps) = batch(app, n).await;
+    app.discover_fps(format, &app.credential(user), epoch, &fps)
+        .await
+}
+
+fn assert_rate_limited(response: &RawResponse) {
+    let error = assert_error(response, 429, "rate_limited");
+    let header: u64 = response
+        .1
+        .get("retry-after")
+        .expect("a Retry-After header")
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("Retry-After in whole seconds");
+    let body = error["retry_after"]
+        .as_u64()
+        .expect("a numeric retry_after");
+    assert!(header >= 1);
+    assert_eq!(header, body);
+}
+
+#[tokio::test]
+async fn spending_the_budget_gives_429_rate_limited_with_retry_after() {
+    let app = limited_app().await;
+    let response = ask(&app, "alice", Format::Binary, 6).await;
+    assert_eq!(response.0, 200);
+    let response = ask(&app, "alice", Format::Json, 4).await;
+    assert_eq!(response.0, 200);
+    let (epoch, fps) = batch(&app, 1).await;
+    for format in [Format::Binary, Format::Json] {
+        let response = app
+            .discover_fps(format, &app.credential("alice"), epoch, &fps)
+            .await;
+        assert_rate_limited(&response);
+        // The refusal does not quote what was uploaded.
+        let text = String::from_utf8_lossy(&response.2);
+        assert!(!text.contains(&codec::encode_fingerprint(fps[0])), "{text}");
+        assert!(
+            !text.contains(&crate::helpers::hex(&fps[0].to_bytes())),
+            "{text}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_the_remaining_budget_is_refused_whole() {
+    let app = limited_app().await;
+    assert_eq!(ask(&app, "alice", Format::Binary, 7).await.0, 200);
+    assert_rate_limited(&ask(&app, "alice", Format::Binary, 4).await);
+    // The refused batch took nothing: the three left are still there.
+    let response = ask(&app, "alice", Format::Binary, 3).await;
+    assert_eq!(response.0, 200);
+    let (epoch, _) = app.epoch().await;
+    assert_eq!(
+        registered_indices(Format::Binary, epoch, 3, &response.2),
+        vec![0]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn budgets_are_per_user() {
+    let app = limited_app().await;
+    assert_eq!(ask(&app, "alice", Format::Binary, BURST).await.0, 200);
+    assert_rate_limited(&ask(&app, "alice", Format::Binary, 1).await);
+    let response = ask(&app, "bob", Format::Binary, BURST).await;
+    assert_eq!(response.0, 200);
+    let (epoch, _) = app.epoch().await;
+    assert_eq!(
+        registered_indices(Format::Binary, epoch, BURST, &response.2),
+        vec![0]
+    );
+    // A new credential for alice does not reset her budget.
+    let fresh = app.credential_key.mint(
+        &contact_discovery::domain::UserId::parse("alice").unwrap(),
+        app.clock.now_secs() + 60,
+    );
+    let (epoch, fps) = batch(&app, 1).await;
+    assert_rate_limited(&app.discover_fps(Format::Binary, &fresh, epoch, &fps).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn refused_requests_do_not_spend_the_budget() {
+    let app = limited_app().await;
+    let credential = app.credential("carol");
+    let (epoch, fps) = batch(&app, BURST).await;
+    for _ in 0..3 {
+        // 410: unknown epoch.
+        let response = app.discover_fps(Format::Binary, &credential, 0, &fps).await;
+        assert_eq!(response.0, 410);
+        let response = app
+            .discover_fps(Format::Json, &credential, epoch + 5, &fps)
+            .await;
+        assert_eq!(response.0, 410);
+        // 400: malformed.
+        let mut json = codec::encode_request(Format::Json, epoch, &fps);
+        json.pop();
+        let response = app
+            .discover_raw("application/json", Some(&credential), json)
+            .await;
+        assert_eq!(response.0, 400);
+        // 422: a partial fingerprint after a full batch.
+        let mut binary = codec::encode_request(Format::Binary, epoch, &fps);
+        binary.push(0);
+        let response = app
+            .discover_raw("application/octet-stream", Some(&credential), binary)
+            .await;
+        assert_eq!(response.0, 422);
+        // 413: one too many.
+        let mut too_many = fps.clone();
+        too_many.push(fps[0]);
+        let response = app
+            .discover_fps(Format::Binary, &credential, epoch, &too_many)
+            .await;
+        assert_eq!(response.0, 413);
+    }
+    let response = app
+        .discover_fps(Format::Binary, &credential, epoch, &fps)
+        .await;
+    assert_eq!(response.0, 200, "the whole budget is still there");
+    assert_eq!(
+        registered_indices(Format::Binary, epoch, BURST, &response.2),
+        vec![0]
+    );
+    assert_rate_limited(
+        &app.discover_fps(Format::Binary, &credential, epoch, &fps[..1])
+            .await,
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limited_requests_are_counted_in_metrics() {
+    let app = limited_app().await;
+    let key = "contact_discovery_rate_limited_requests_total";
+    let before = metric_or_zero(&app.metrics().await, key);
+    assert_eq!(ask(&app, "alice", Format::Binary, BURST).await.0, 200);
+    for _ in 0..3 {
+        assert_rate_limited(&ask(&app, "alice", Format::Binary, 1).await);
+    }
+    let after = metric_or_zero(&app.metrics().await, key);
+    assert_eq!(after - before, 3.0);
+    app.stop().await;
+}
