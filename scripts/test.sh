@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --all-targets
-cargo test --locked --doc
+cargo clippy --locked --all-targets --all-features -- -D warnings
+cargo test --locked --all-targets --features test-hooks
+cargo test --locked --doc --features test-hooks

@@ -58,10 +58,11 @@ pub fn init_logging(filter: &str) {
 pub fn serve(args: &ServeArgs) -> Result<(), CommandError> {
     let config = Config::load(args)?;
     init_logging(&config.log);
+    crate::hardening::install_redacting_panic_hook();
     if let Err(err) = crate::hardening::disable_core_dumps() {
-        tracing::warn!(error = %err, "could not disable core dumps");
+        crate::safe_warn!("could not disable core dumps", error = err);
     }
-    tracing::info!(config = ?config, "starting");
+    crate::safe_info!("starting", config = config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -72,10 +73,10 @@ pub fn serve(args: &ServeArgs) -> Result<(), CommandError> {
         }
         let app = Application::build(config.clone()).await?;
         app.warm_up().await;
-        tracing::info!(
-            public = %app.public_addr(),
-            admin = %app.admin_addr(),
-            "listening"
+        crate::safe_info!(
+            "listening",
+            public = app.public_addr(),
+            admin = app.admin_addr()
         );
         if config.demo {
             crate::demo::print_instructions(&config, &app);

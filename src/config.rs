@@ -48,6 +48,15 @@ pub struct Config {
     pub demo: bool,
     /// Log filter (`RUST_LOG` syntax), e.g. `info` or `contact_discovery=debug`.
     pub log: String,
+    /// A connection must deliver a complete request head within this many milliseconds of
+    /// waiting for one (slowloris guard; also bounds idle keep-alive), or it is closed.
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive within this many milliseconds, or the answer is 408.
+    pub body_read_timeout_ms: u64,
+    /// Most open connections per listener; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Most public requests in flight; more are shed with 503 `overloaded` and `Retry-After`.
+    pub max_in_flight: usize,
 }
 
 impl Default for Config {
@@ -69,6 +78,10 @@ impl Default for Config {
             insecure_no_auth: false,
             demo: false,
             log: "info".to_owned(),
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            max_connections: 4_096,
+            max_in_flight: 1_024,
         }
     }
 }
@@ -97,9 +110,22 @@ impl std::fmt::Debug for Config {
             .field("insecure_no_auth", &self.insecure_no_auth)
             .field("demo", &self.demo)
             .field("log", &self.log)
+            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
+            .field("body_read_timeout_ms", &self.body_read_timeout_ms)
+            .field("max_connections", &self.max_connections)
+            .field("max_in_flight", &self.max_in_flight)
             .finish()
     }
 }
+
+impl std::fmt::Display for Config {
+    /// The same redacted view as `Debug`, so the configuration can be logged at start.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+impl crate::log_safe::LogSafe for Config {}
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +210,22 @@ pub struct ServeArgs {
     #[arg(long, env = "CONTACT_DISCOVERY_LOG")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// Milliseconds a connection may take to send a request head [default: 10000].
+    #[arg(long, env = "CONTACT_DISCOVERY_HEADER_READ_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Milliseconds a request body may take to arrive [default: 30000].
+    #[arg(long, env = "CONTACT_DISCOVERY_BODY_READ_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_read_timeout_ms: Option<u64>,
+    /// Most open connections per listener [default: 4096].
+    #[arg(long, env = "CONTACT_DISCOVERY_MAX_CONNECTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Most public requests in flight before shedding with 503 [default: 1024].
+    #[arg(long, env = "CONTACT_DISCOVERY_MAX_IN_FLIGHT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
 }
 
 impl Config {
@@ -220,6 +262,13 @@ impl Config {
         }
         if self.max_credential_ttl_seconds == 0 {
             return invalid("max_credential_ttl_seconds must be positive");
+        }
+        if self.header_read_timeout_ms == 0 || self.body_read_timeout_ms == 0 {
+            return invalid("header_read_timeout_ms and body_read_timeout_ms must be positive");
+        }
+        let permits = 1..=(u32::MAX as usize);
+        if !permits.contains(&self.max_connections) || !permits.contains(&self.max_in_flight) {
+            return invalid("max_connections and max_in_flight must be between 1 and 2^32 - 1");
         }
         if self
             .admin_token

@@ -47,7 +47,7 @@ pub fn seed_if_empty(config: &Config) -> Result<(), CommandError> {
         .map(|n| (n, Visibility::Discoverable))
         .collect();
     registry.import(&entries)?;
-    tracing::info!(count = entries.len(), "demo: seeded a synthetic registry");
+    crate::safe_info!("demo: seeded a synthetic registry", count = entries.len());
     Ok(())
 }
 

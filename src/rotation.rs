@@ -237,17 +237,17 @@ impl Rotator {
                 Ok(built) => {
                     for (epoch, live) in built {
                         self.metrics.index_build_seconds.observe(live.build_seconds);
-                        tracing::info!(
+                        crate::safe_info!(
+                            "match index built",
                             epoch = epoch.0,
                             entries = live.index.len(),
                             registry_version = live.registry_version,
                             seconds = live.build_seconds,
-                            "match index built"
                         );
                         self.indexes.install(epoch, live);
                     }
                 }
-                Err(err) => tracing::error!(error = %err, "match index build failed"),
+                Err(err) => crate::safe_error!("match index build failed", error = err),
             }
         }
         // Re-read the time: a long build may have crossed a boundary.

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::api::{self, AppState, Listener, SharedState, admin, public};
+use crate::api::{self, AppState, Listener, SharedState, admin, overload, public};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::secret::{self, KeyFileError, parse_hex32};
@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{FingerprintLimiter, RateLimitConfigError};
 use crate::registry::{Registry, RegistryError};
 use crate::rotation::{LiveIndexes, RotationPolicy, Rotator};
+use crate::server::{self, ConnectionLimits};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,7 @@ pub struct Application {
     admin_addr: SocketAddr,
     state: SharedState,
     rotator: Rotator,
+    limits: ConnectionLimits,
 }
 
 impl Application {
@@ -122,11 +124,11 @@ impl Application {
         config.validate()?;
         let keys = load_keys(&config)?;
         let (registry, report) = Registry::open(&config.data_dir)?;
-        tracing::info!(
+        crate::safe_info!(
+            "registry opened",
             snapshot_entries = report.snapshot_entries,
             log_records = report.log_records,
             truncated_bytes = report.truncated_bytes,
-            "registry opened"
         );
         let registry = Arc::new(registry);
         let metrics = Arc::new(Metrics::new()?);
@@ -141,9 +143,9 @@ impl Application {
             config.epoch_grace_seconds,
         )));
         if config.insecure_no_auth {
-            tracing::warn!(
-                "INSECURE: --insecure-no-auth is set; anyone who can reach {} can query without a credential. Never use this in production.",
-                config.listen
+            crate::safe_warn!(
+                "INSECURE: --insecure-no-auth is set; anyone who can reach the public listener can query without a credential. Never use this in production.",
+                listen = config.listen,
             );
         }
         let state = Arc::new(AppState {
@@ -161,7 +163,15 @@ impl Application {
             clock: clock.clone(),
             max_batch: config.max_batch,
             started: Instant::now(),
+            body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
         });
+        let limits = ConnectionLimits {
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            max_connections: u32::try_from(config.max_connections).map_err(|_| {
+                crate::config::ConfigError::Invalid("max_connections is too large".into())
+            })?,
+        };
         let rotator = Rotator {
             indexes,
             registry,
@@ -192,6 +202,7 @@ impl Application {
             admin_addr,
             state,
             rotator,
+            limits,
         })
     }
 
@@ -226,13 +237,6 @@ impl Application {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        };
-
         let rotation = tokio::spawn(self.rotator.run());
         let limiter_state = Arc::clone(&self.state);
         let gc = tokio::spawn(async move {
@@ -243,26 +247,39 @@ impl Application {
             }
         });
 
-        let public = axum::serve(self.public, public_router(Arc::clone(&self.state)))
-            .with_graceful_shutdown(stopped());
-        let admin = axum::serve(self.admin, admin_router(Arc::clone(&self.state)))
-            .with_graceful_shutdown(stopped());
-        let (public, admin) = tokio::join!(public.into_future(), admin.into_future());
+        let public = server::serve(
+            self.public,
+            public_router(Arc::clone(&self.state)),
+            self.limits,
+            stop_rx.clone(),
+        );
+        let admin = server::serve(
+            self.admin,
+            admin_router(Arc::clone(&self.state)),
+            self.limits,
+            stop_rx,
+        );
+        let (public, admin) = tokio::join!(public, admin);
         rotation.abort();
         gc.abort();
         if let Err(err) = self.state.registry.flush() {
-            tracing::error!(error = %err, "registry flush at shutdown failed");
+            crate::safe_error!("registry flush at shutdown failed", error = err);
         }
-        tracing::info!("stopped");
+        crate::safe_info!("stopped");
         public.and(admin)
     }
 }
 
 /// The public routes: epoch, discover, health. Nothing administrative is ever mounted here.
+/// Epoch and discovery requests beyond the in-flight cap are shed with 503; health checks are
+/// not, so an overloaded replica is not mistaken for a dead one.
 pub fn public_router(state: SharedState) -> Router {
-    Router::new()
+    let shed = Router::new()
         .route("/v1/epoch", get(public::get_epoch))
         .route("/v1/discover", post(public::discover))
+        .route_layer(from_fn_with_state(Arc::clone(&state), overload::shed_load));
+    Router::new()
+        .merge(shed)
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
         .fallback(api::not_found)
@@ -313,5 +330,5 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
-    tracing::info!("shutdown requested; draining in-flight requests");
+    crate::safe_info!("shutdown requested; draining in-flight requests");
 }

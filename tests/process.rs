@@ -16,6 +16,8 @@ struct Server {
     child: Child,
     public: String,
     admin: String,
+    /// Every line the child has written to stderr so far (its log).
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _stderr: std::thread::JoinHandle<()>,
 }
 
@@ -39,8 +41,11 @@ fn start_server(data_dir: &Path, extra: &[&str]) -> Server {
         .expect("server starts");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = std::sync::Arc::clone(&log);
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line.clone());
             if line.contains("listening") {
                 let field = |name: &str| {
                     line.split_whitespace()
@@ -58,6 +63,7 @@ fn start_server(data_dir: &Path, extra: &[&str]) -> Server {
         child,
         public: public.unwrap(),
         admin: admin.unwrap(),
+        log,
         _stderr: reader,
     }
 }
@@ -114,49 +120,266 @@ fn export(data_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Every acknowledged registration survives SIGKILL at a random moment during a stream of writes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_changes_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let client = client();
-    let mut acknowledged: Vec<String> = Vec::new();
-    let mut next = 15_550_000_000u64;
-    for _cycle in 0..5 {
-        let server = start_server(dir.path(), &[]);
-        let admin = server.admin.clone();
-        let kill_after = Duration::from_millis(rand::rng().random_range(20..200));
-        let writer = {
-            let client = client.clone();
-            let start = next;
-            tokio::spawn(async move {
-                let mut acked = Vec::new();
-                for i in 0..10_000u64 {
-                    let number = format!("+{}", start + i);
-                    match post_change(&client, &admin, std::slice::from_ref(&number), &[]).await {
-                        Some(200) => acked.push(number),
-                        _ => break,
-                    }
-                }
-                acked
+/// A number's state in the registry, as `registry export` prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reg {
+    Absent,
+    Discoverable,
+    Hidden,
+}
+
+/// An admin request that was sent but not acknowledged when the server died: after restart its
+/// numbers must all be in their requested state or all in their previous one.
+struct InDoubt {
+    numbers: Vec<String>,
+    before: Vec<Reg>,
+    after: Vec<Reg>,
+}
+
+/// Sends one change request; `Some(status)` if the server answered, `None` if the connection
+/// failed (the server was killed before or while answering).
+async fn post_ops(client: &reqwest::Client, admin: &str, ops: &[(String, Reg)]) -> Option<u16> {
+    let list = |want: Reg| -> Vec<&str> {
+        ops.iter()
+            .filter(|(_, r)| *r == want)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    };
+    let body = serde_json::json!({
+        "add": list(Reg::Discoverable),
+        "remove": list(Reg::Absent),
+        "hide": list(Reg::Hidden),
+    });
+    let response = client
+        .post(format!("http://{admin}/admin/v1/registrations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .ok()?;
+    Some(response.status().as_u16())
+}
+
+/// One writer's loop: random multi-number requests over its own pool of numbers, one at a time,
+/// until the server stops answering. Returns its acknowledged count and the request in doubt.
+async fn torture_writer(
+    client: reqwest::Client,
+    admin: String,
+    mut known: std::collections::BTreeMap<String, Reg>,
+    seed: u64,
+) -> (
+    std::collections::BTreeMap<String, Reg>,
+    u64,
+    Option<InDoubt>,
+) {
+    use rand::SeedableRng;
+    use rand::seq::IndexedRandom;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let pool: Vec<String> = known.keys().cloned().collect();
+    let mut acked = 0u64;
+    loop {
+        let k = rng.random_range(1..=4);
+        let numbers: Vec<String> = pool.choose_multiple(&mut rng, k).cloned().collect();
+        let before: Vec<Reg> = numbers.iter().map(|n| known[n]).collect();
+        let after: Vec<Reg> = before
+            .iter()
+            .map(|b| {
+                let choices: Vec<Reg> = [Reg::Absent, Reg::Discoverable, Reg::Hidden]
+                    .into_iter()
+                    .filter(|r| r != b)
+                    .collect();
+                *choices.choose(&mut rng).unwrap()
             })
-        };
-        tokio::time::sleep(kill_after).await;
-        server.kill9();
-        let acked = writer.await.unwrap();
-        next += 10_000;
-        acknowledged.extend(acked);
-        let present: std::collections::HashSet<String> = export(dir.path()).into_iter().collect();
-        for number in &acknowledged {
-            assert!(
-                present.contains(number),
-                "acknowledged {number} lost after kill -9"
-            );
+            .collect();
+        let ops: Vec<(String, Reg)> = numbers.iter().cloned().zip(after.clone()).collect();
+        match post_ops(&client, &admin, &ops).await {
+            Some(200) => {
+                for (n, r) in &ops {
+                    known.insert(n.clone(), *r);
+                }
+                acked += 1;
+            }
+            Some(other) => panic!("admin request answered {other}, not 200"),
+            None => {
+                let doubt = InDoubt {
+                    numbers,
+                    before,
+                    after,
+                };
+                return (known, acked, Some(doubt));
+            }
         }
     }
-    assert!(
-        acknowledged.len() > 5,
-        "the writer got some acknowledgements"
+}
+
+fn exported_states(data_dir: &Path) -> std::collections::HashMap<String, Reg> {
+    export(data_dir)
+        .into_iter()
+        .map(|line| match line.split_once(' ') {
+            Some((n, "hidden")) => (n.to_owned(), Reg::Hidden),
+            None => (line, Reg::Discoverable),
+            Some(_) => panic!("unexpected export line {line}"),
+        })
+        .collect()
+}
+
+/// Crash torture: 100 times, start the server, let several writers add, remove and hide numbers
+/// in multi-number requests concurrently, and SIGKILL it at a random moment. After each kill,
+/// every acknowledged change is present and every request in flight at the kill is applied
+/// whole or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_changes_survive_kill_9() {
+    const CYCLES: u64 = 100;
+    const WRITERS: u64 = 4;
+    const POOL: u64 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut known: Vec<std::collections::BTreeMap<String, Reg>> = (0..WRITERS)
+        .map(|w| {
+            (0..POOL)
+                .map(|i| (format!("+1555{:03}{:04}", 100 + w, i), Reg::Absent))
+                .collect()
+        })
+        .collect();
+    let (mut acked_total, mut doubt_applied, mut doubt_dropped) = (0u64, 0u64, 0u64);
+    let started = std::time::Instant::now();
+    for cycle in 0..CYCLES {
+        let server = start_server(dir.path(), &[]);
+        let writers: Vec<_> = known
+            .iter()
+            .enumerate()
+            .map(|(w, state)| {
+                tokio::spawn(torture_writer(
+                    client.clone(),
+                    server.admin.clone(),
+                    state.clone(),
+                    cycle * WRITERS + w as u64,
+                ))
+            })
+            .collect();
+        let kill_after = Duration::from_millis(rand::rng().random_range(0..60));
+        tokio::time::sleep(kill_after).await;
+        server.kill9();
+        let present = exported_states(dir.path());
+        for (w, writer) in writers.into_iter().enumerate() {
+            let (state, acked, doubt) = writer.await.unwrap();
+            acked_total += acked;
+            let in_doubt: Vec<&String> = doubt.iter().flat_map(|d| &d.numbers).collect();
+            for (number, want) in &state {
+                if in_doubt.contains(&number) {
+                    continue;
+                }
+                let got = present.get(number).copied().unwrap_or(Reg::Absent);
+                assert_eq!(
+                    got, *want,
+                    "cycle {cycle}: acknowledged state of {number} lost"
+                );
+            }
+            let mut state = state;
+            if let Some(d) = doubt {
+                let got: Vec<Reg> = d
+                    .numbers
+                    .iter()
+                    .map(|n| present.get(n).copied().unwrap_or(Reg::Absent))
+                    .collect();
+                if got == d.after {
+                    doubt_applied += 1;
+                } else if got == d.before {
+                    doubt_dropped += 1;
+                } else {
+                    panic!(
+                        "cycle {cycle}: request half-applied: before {:?}, requested {:?}, found {got:?}",
+                        d.before, d.after
+                    );
+                }
+                for (n, r) in d.numbers.iter().zip(got) {
+                    state.insert(n.clone(), r);
+                }
+            }
+            known[w] = state;
+        }
+    }
+    eprintln!(
+        "crash torture: {CYCLES} kill -9 cycles, {WRITERS} concurrent writers, {acked_total} \
+         acknowledged requests all present, in-flight at kill: {doubt_applied} applied whole, \
+         {doubt_dropped} not applied, 0 half-applied, {:.1} s",
+        started.elapsed().as_secs_f64()
     );
+    assert!(
+        acked_total > CYCLES,
+        "the writers got acknowledgements ({acked_total})"
+    );
+}
+
+/// A log tail with garbage appended, or with a flipped byte in its last record, is detected on
+/// start, truncated to the last good record, and reported with a warning in the server's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_log_tail_is_truncated_on_start_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client();
+    let numbers = ["+15550000001", "+15550000002", "+15550000003"];
+    let server = start_server(dir.path(), &[]);
+    for n in numbers {
+        let status = post_change(&client, &server.admin, &[n.to_owned()], &[]).await;
+        assert_eq!(status, Some(200));
+    }
+    server.kill9();
+    let log_path = dir.path().join("registry.log");
+    let clean = std::fs::read(&log_path).unwrap();
+    let truncation_warned = |server: &Server| {
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("truncating to the last good record"))
+    };
+
+    // Garbage after the last record: every acknowledged record survives, the garbage goes.
+    let mut appended = clean.clone();
+    appended.extend_from_slice(&[0x17, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+    std::fs::write(&log_path, &appended).unwrap();
+    let server = start_server(dir.path(), &[]);
+    assert!(
+        truncation_warned(&server),
+        "{:?}",
+        server.log.lock().unwrap()
+    );
+    server.kill9();
+    assert_eq!(
+        std::fs::read(&log_path).unwrap(),
+        clean,
+        "cut back to the good records"
+    );
+    assert_eq!(export(dir.path()), numbers);
+
+    // A flipped byte in the last record: its checksum fails, it is dropped, the rest stays.
+    let mut flipped = clean.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x40;
+    std::fs::write(&log_path, &flipped).unwrap();
+    let server = start_server(dir.path(), &[]);
+    assert!(
+        truncation_warned(&server),
+        "{:?}",
+        server.log.lock().unwrap()
+    );
+    let status = post_change(&client, &server.admin, &["+15550000004".to_owned()], &[]).await;
+    assert_eq!(status, Some(200), "writes continue after a truncation");
+    server.kill9();
+    assert_eq!(
+        export(dir.path()),
+        ["+15550000001", "+15550000002", "+15550000004"]
+    );
+
+    // A clean log gives no warning.
+    let server = start_server(dir.path(), &[]);
+    assert!(!truncation_warned(&server));
+    server.kill9();
 }
 
 /// SIGTERM drains, flushes and exits 0; the registrations are there after restart.
@@ -175,6 +398,100 @@ async fn sigterm_shuts_down_cleanly() {
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
     assert_eq!(export(dir.path()), vec!["+4915112345678".to_owned()]);
+}
+
+/// SIGTERM while a request is in flight: the server stops accepting new connections, finishes
+/// the request (200, with the right answer), flushes and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let client = client();
+    let mut server = start_server(dir.path(), &["--insecure-no-auth"]);
+    let registered = "+4915112345678";
+    let status = post_change(&client, &server.admin, &[registered.to_owned()], &[]).await;
+    assert_eq!(status, Some(200));
+    let epoch: serde_json::Value = client
+        .get(format!("http://{}/v1/epoch", server.public))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let salt = {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(epoch["salt"].as_str().unwrap())
+            .unwrap();
+        contact_discovery::domain::Salt::from_bytes(bytes.try_into().unwrap())
+    };
+    let fp = contact_discovery::domain::Fingerprint::compute(
+        &salt,
+        contact_discovery::domain::E164::parse(registered).unwrap(),
+    );
+    let mut body = epoch["epoch"].as_u64().unwrap().to_be_bytes().to_vec();
+    body.extend_from_slice(&fp.to_bytes());
+
+    // The request's head and half its body arrive; the rest is held back.
+    let mut stream = tokio::net::TcpStream::connect(&server.public)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/discover HTTP/1.1\r\nhost: {}\r\ncontent-type: application/octet-stream\r\n\
+         content-length: {}\r\n\r\n",
+        server.public,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..8]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server.pid()).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    // New connections are refused once the signal is handled.
+    let mut refused = false;
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(&server.public)
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "still accepting connections after SIGTERM");
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+
+    // The request in flight completes normally.
+    stream.write_all(&body[8..]).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("the response arrives and the connection closes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let bitmap = &response[split + 4..];
+    assert_eq!(
+        bitmap,
+        [&body[..8], &[1u8][..]].concat(),
+        "the registered number is found"
+    );
+
+    let exit = tokio::task::spawn_blocking(move || server.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(export(dir.path()), vec![registered.to_owned()]);
 }
 
 /// The server starts with core dumps disabled.

@@ -105,7 +105,7 @@ pub async fn change_registrations(
             expected: "application/json",
         });
     }
-    let raw = read_limited(&headers, body, ADMIN_BODY_LIMIT).await?;
+    let raw = read_limited(&headers, body, ADMIN_BODY_LIMIT, state.body_read_timeout).await?;
     let request: ChangeRequest = serde_json::from_slice(&raw).map_err(|err| {
         ApiError::MalformedBody(format!(
             "expected {{\"add\": [E.164...], \"remove\": [...], \"hide\": [...]}} (line {}, column {})",
@@ -121,7 +121,10 @@ pub async fn change_registrations(
         .await
         .map_err(|_| ApiError::Storage)?
         .map_err(|err| {
-            tracing::error!(error = %err, "registry write failed; change not acknowledged");
+            crate::safe_error!(
+                "registry write failed; change not acknowledged",
+                error = err
+            );
             ApiError::Storage
         })?;
     state

@@ -1,5 +1,7 @@
 //! Reading request bodies into zeroizing buffers, with the size limit enforced before parsing.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use http_body_util::BodyExt;
@@ -7,10 +9,25 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::ApiError;
 
-/// Reads the whole body, refusing it as soon as it exceeds `limit` bytes (or declares more in
-/// `Content-Length`). The buffer never reallocates without wiping the old copy, and every chunk
-/// hyper hands over is wiped once copied when nothing else holds it.
+/// Reads the whole body within `timeout`, refusing it as soon as it exceeds `limit` bytes (or
+/// declares more in `Content-Length`). The buffer never reallocates without wiping the old copy,
+/// and every chunk hyper hands over is wiped once copied when nothing else holds it.
 pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    // A client that trickles or stalls its body would otherwise hold a connection and an
+    // in-flight slot for as long as it likes. On timeout the partial buffer drops (wiped).
+    tokio::time::timeout(timeout, read_all(headers, body, limit))
+        .await
+        .unwrap_or(Err(ApiError::BodyTimeout {
+            secs: timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0),
+        }))
+}
+
+async fn read_all(
     headers: &HeaderMap,
     body: Body,
     limit: usize,

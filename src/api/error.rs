@@ -109,6 +109,18 @@ pub enum ApiError {
     /// The registry could not make a change durable; nothing was acknowledged.
     #[error("the registry could not store the change; nothing was applied")]
     Storage,
+    /// The body did not arrive within the body read timeout (a slow or stalled client).
+    #[error("the request body was not received within {secs} seconds")]
+    BodyTimeout {
+        /// The timeout in whole seconds (rounded up).
+        secs: u64,
+    },
+    /// Too many requests in flight: shed at once rather than queued; retry shortly.
+    #[error("the service is overloaded; retry after {retry_after} seconds")]
+    Overloaded {
+        /// Seconds to wait.
+        retry_after: u64,
+    },
 }
 
 impl ApiError {
@@ -131,6 +143,8 @@ impl ApiError {
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Panic | Storage => StatusCode::INTERNAL_SERVER_ERROR,
+            BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -156,6 +170,8 @@ impl ApiError {
             MethodNotAllowed => "method_not_allowed",
             Panic => "internal",
             Storage => "storage_unavailable",
+            BodyTimeout { .. } => "body_timeout",
+            Overloaded { .. } => "overloaded",
         }
     }
 
@@ -179,6 +195,8 @@ impl ApiError {
         "method_not_allowed",
         "internal",
         "storage_unavailable",
+        "body_timeout",
+        "overloaded",
     ];
 }
 
@@ -207,6 +225,10 @@ impl IntoResponse for ApiError {
             ApiError::NotReady => {
                 body["retry_after"] = json!(1);
                 retry_after = Some(1);
+            }
+            ApiError::Overloaded { retry_after: secs } => {
+                body["retry_after"] = json!(secs);
+                retry_after = Some(*secs);
             }
             ApiError::InvalidNumbers(list) | ApiError::ConflictingChanges(list) => {
                 body["invalid"] = json!(list);
@@ -262,12 +284,20 @@ mod tests {
             ApiError::MethodNotAllowed,
             ApiError::Panic,
             ApiError::Storage,
+            ApiError::BodyTimeout { secs: 1 },
+            ApiError::Overloaded { retry_after: 1 },
         ];
         let codes: Vec<_> = samples.iter().map(ApiError::code).collect();
         assert_eq!(codes, ApiError::CODES);
         for e in &samples {
             let client_error = e.status().is_client_error();
-            let server_side = matches!(e, ApiError::NotReady | ApiError::Panic | ApiError::Storage);
+            let server_side = matches!(
+                e,
+                ApiError::NotReady
+                    | ApiError::Panic
+                    | ApiError::Storage
+                    | ApiError::Overloaded { .. }
+            );
             assert!(client_error ^ server_side, "{}", e.code());
         }
     }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod body;
 pub mod codec;
 pub mod error;
+pub mod overload;
 pub mod public;
 
 use std::sync::Arc;
@@ -48,10 +49,18 @@ pub struct AppState {
     pub max_batch: usize,
     /// When the process started.
     pub started: Instant,
+    /// Longest time a request body may take to arrive.
+    pub body_read_timeout: std::time::Duration,
+    /// Slots for public requests in flight; a request that finds none is shed with 503.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Shared state as handlers see it.
 pub type SharedState = Arc<AppState>;
+
+/// Fingerprints in a discovery request, attached to its response for the access log.
+#[derive(Clone, Copy)]
+pub struct BatchSize(pub usize);
 
 /// Which listener a request came in on (a metric label).
 #[derive(Clone, Copy)]
@@ -81,12 +90,14 @@ pub async fn observe(
         .http_duration
         .with_label_values(&labels)
         .observe(started.elapsed().as_secs_f64());
-    tracing::debug!(
+    let batch = response.extensions().get::<BatchSize>().map_or(0, |b| b.0);
+    crate::safe_debug!(
+        "request",
         listener = listener.0,
-        route = %route,
-        status = status.as_u16(),
+        route = crate::log_safe::RouteTemplate(&route),
+        status = status,
         micros = started.elapsed().as_micros() as u64,
-        "request"
+        batch = batch,
     );
     response
 }
@@ -111,6 +122,6 @@ pub async fn method_not_allowed() -> Response {
 /// Turns a handler panic into a fixed JSON 500. The panic payload is dropped unread, so nothing
 /// it might contain reaches the client.
 pub fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked; answered 500");
+    crate::safe_error!("a request handler panicked; answered 500");
     ApiError::Panic.into_response()
 }

@@ -63,9 +63,17 @@ pub async fn discover(
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers)?;
     let format = Format::from_media_type(media_type(&headers).as_deref())?;
-    let raw = read_limited(&headers, body, format.body_limit(state.max_batch)).await?;
+    let raw = read_limited(
+        &headers,
+        body,
+        format.body_limit(state.max_batch),
+        state.body_read_timeout,
+    )
+    .await?;
     let request = codec::decode(format, &raw, state.max_batch)?;
     drop(raw); // wiped now: only the decoded, zeroizing fingerprints remain
+    #[cfg(feature = "test-hooks")]
+    test_hooks::maybe_panic(&headers, &request);
 
     let now = state.clock.now_secs();
     let index = state
@@ -96,7 +104,9 @@ pub async fn discover(
     let encoded = codec::encode(format, index.epoch().0, n, &bitmap);
     // The body owns the zeroizing buffer, so it is wiped once hyper has written it.
     let body = Body::from(Bytes::from_owner(encoded));
-    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+    let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    response.extensions_mut().insert(super::BatchSize(n));
+    Ok(response)
 }
 
 /// `GET /healthz`: the process is up.
@@ -110,5 +120,28 @@ pub async fn readyz(State(state): State<SharedState>) -> Response {
         (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
     } else {
         ApiError::NotReady.into_response()
+    }
+}
+
+/// Test-only behaviour, compiled in only with the `test-hooks` feature (never in release builds
+/// made without it). The no-retention test uses it to show that a panic message built from
+/// request data does not leave the process.
+#[cfg(feature = "test-hooks")]
+mod test_hooks {
+    use axum::http::HeaderMap;
+
+    use super::codec::DiscoverRequest;
+
+    /// Panics with the first fingerprint in the message when `x-test-panic` is present.
+    pub fn maybe_panic(headers: &HeaderMap, request: &DiscoverRequest) {
+        if headers.contains_key("x-test-panic") {
+            let first = request
+                .fingerprints
+                .first()
+                .map(|f| f.to_bytes())
+                .unwrap_or_default();
+            let hex: String = first.iter().map(|b| format!("{b:02x}")).collect();
+            panic!("test hook panic with request data {hex} {first:?}");
+        }
     }
 }

@@ -9,7 +9,7 @@
 pub mod generate;
 pub mod record;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,11 @@ const LOG_FILE: &str = "registry.log";
 const LOCK_FILE: &str = "registry.lock";
 /// Fold the log into a snapshot once it is this large.
 const DEFAULT_COMPACT_BYTES: u64 = 64 << 20;
+/// Fold the in-memory overlay of recent changes into the sorted vector once it holds this many
+/// numbers, so the overlay stays small (the rotation task folds it before every build anyway).
+const FOLD_OVERLAY_AT: usize = 1 << 16;
+/// Never an entry: its number part (2^63 - 1) is larger than any E.164 number.
+const TOMBSTONE: u64 = u64::MAX;
 
 /// Whether a registered number can be found by others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +98,167 @@ struct LogWriter {
     poisoned: bool,
 }
 
+/// The registry in memory: 8 bytes per number, laid out like the snapshot body.
+///
+/// `base` holds raw snapshot entries (the number, with `HIDDEN_BIT` set when hidden) sorted
+/// ascending, so the discoverable numbers form its prefix and the hidden ones follow; a snapshot
+/// loads straight into it and the index builder reads the prefix without copying. Changes since
+/// the last fold live in the small `overlay` and are merged into `base` in place (one linear
+/// pass) before an index build, on compaction, and when the overlay grows past
+/// `FOLD_OVERLAY_AT`. A `HashMap<E164, Visibility>` would cost about 4× the memory.
+#[derive(Clone, Default)]
+struct State {
+    base: Arc<Vec<u64>>,
+    /// Number → its new raw entry, or `None` if removed, for changes not yet folded.
+    overlay: BTreeMap<u64, Option<u64>>,
+    counts: Counts,
+}
+
+impl State {
+    fn from_sorted(base: Vec<u64>) -> Self {
+        let discoverable = discoverable_len(&base) as u64;
+        let hidden = base.len() as u64 - discoverable;
+        Self {
+            base: Arc::new(base),
+            overlay: BTreeMap::new(),
+            counts: Counts {
+                discoverable,
+                hidden,
+            },
+        }
+    }
+
+    fn get(&self, number: E164) -> Option<Visibility> {
+        match self.overlay.get(&number.get()) {
+            Some(entry) => entry.map(visibility_of),
+            None => base_position(&self.base, number.get()).map(|at| visibility_of(self.base[at])),
+        }
+    }
+
+    fn set(&mut self, number: E164, to: Option<Visibility>) {
+        match self.get(number) {
+            Some(Visibility::Discoverable) => self.counts.discoverable -= 1,
+            Some(Visibility::Hidden) => self.counts.hidden -= 1,
+            None => {}
+        }
+        match to {
+            Some(Visibility::Discoverable) => self.counts.discoverable += 1,
+            Some(Visibility::Hidden) => self.counts.hidden += 1,
+            None => {}
+        }
+        self.overlay
+            .insert(number.get(), to.map(|v| entry_of(number, v)));
+    }
+
+    fn apply(&mut self, ops: &[Op]) {
+        for op in ops {
+            match *op {
+                Op::Add(n) => self.set(n, Some(Visibility::Discoverable)),
+                Op::Hide(n) => self.set(n, Some(Visibility::Hidden)),
+                Op::Remove(n) => self.set(n, None),
+            }
+        }
+    }
+
+    /// Merges the overlay into `base` in place: O(len + changes · log len). Copies `base` only
+    /// if an index build still holds it (`Arc::make_mut`).
+    fn fold(&mut self) {
+        if self.overlay.is_empty() {
+            return;
+        }
+        let base = Arc::make_mut(&mut self.base);
+        // Every changed number loses its old entry; positions are found before any is marked,
+        // so the binary searches run on a sorted vector.
+        let stale: Vec<usize> = self
+            .overlay
+            .keys()
+            .filter_map(|&number| base_position(base, number))
+            .collect();
+        if !stale.is_empty() {
+            for at in stale {
+                base[at] = TOMBSTONE;
+            }
+            base.retain(|e| *e != TOMBSTONE);
+        }
+        let mut added: Vec<u64> = self.overlay.values().flatten().copied().collect();
+        self.overlay.clear();
+        if added.is_empty() {
+            return;
+        }
+        added.sort_unstable();
+        // Merge from the back so each element moves once and no second vector is needed.
+        let (mut i, mut j) = (base.len(), added.len());
+        base.resize(i + j, 0);
+        let mut w = base.len();
+        while j > 0 {
+            w -= 1;
+            if i > 0 && base[i - 1] > added[j - 1] {
+                base[w] = base[i - 1];
+                i -= 1;
+            } else {
+                base[w] = added[j - 1];
+                j -= 1;
+            }
+        }
+    }
+}
+
+/// The raw entry of `number` in the sorted vector (either visibility), if present.
+fn base_position(base: &[u64], number: u64) -> Option<usize> {
+    base.binary_search(&number)
+        .or_else(|_| base.binary_search(&(number | HIDDEN_BIT)))
+        .ok()
+}
+
+fn entry_of(number: E164, visibility: Visibility) -> u64 {
+    match visibility {
+        Visibility::Discoverable => number.get(),
+        Visibility::Hidden => number.get() | HIDDEN_BIT,
+    }
+}
+
+fn visibility_of(entry: u64) -> Visibility {
+    if entry & HIDDEN_BIT == 0 {
+        Visibility::Discoverable
+    } else {
+        Visibility::Hidden
+    }
+}
+
+/// How many entries of a sorted vector are discoverable (they sort before every hidden one).
+fn discoverable_len(base: &[u64]) -> usize {
+    base.partition_point(|e| e & HIDDEN_BIT == 0)
+}
+
+/// The discoverable numbers at one registry version, shared without copying: E.164 digits as
+/// integers, ascending, every one a valid [`E164`] value.
+#[derive(Clone)]
+pub struct DiscoverableNumbers {
+    base: Arc<Vec<u64>>,
+    len: usize,
+}
+
+impl DiscoverableNumbers {
+    /// The numbers' digits as integers (see [`E164::get`]), ascending.
+    pub fn as_digits(&self) -> &[u64] {
+        &self.base[..self.len]
+    }
+
+    /// How many numbers.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// The durable registry. Cheap to share behind an `Arc`; writes are serialised.
 pub struct Registry {
     dir: PathBuf,
-    state: RwLock<HashMap<E164, Visibility>>,
+    state: RwLock<State>,
     log: Mutex<LogWriter>,
     version: AtomicU64,
     compact_bytes: u64,
@@ -126,11 +288,14 @@ impl Registry {
         }
 
         let mut report = OpenReport::default();
-        let mut state = HashMap::new();
         let snap_path = dir.join(SNAPSHOT_FILE);
-        if snap_path.exists() {
-            report.snapshot_entries = read_snapshot(&snap_path, &mut state)?;
-        }
+        let mut state = if snap_path.exists() {
+            let base = read_snapshot(&snap_path)?;
+            report.snapshot_entries = base.len() as u64;
+            State::from_sorted(base)
+        } else {
+            State::default()
+        };
 
         let log_path = dir.join(LOG_FILE);
         if !log_path.exists() {
@@ -152,17 +317,17 @@ impl Registry {
             while good < bytes.len() {
                 match decode_record(&bytes[good..]) {
                     Ok((ops, used)) => {
-                        apply_ops(&mut state, &ops);
+                        state.apply(&ops);
                         good += used;
                         report.log_records += 1;
                     }
                     Err(why) => {
-                        tracing::warn!(
-                            file = %log_path.display(),
+                        crate::safe_warn!(
+                            "registry log tail is torn or corrupt; truncating to the last good record",
+                            file = crate::log_safe::SafePath(&log_path),
                             offset = good,
                             dropped_bytes = bytes.len() - good,
-                            reason = %why,
-                            "registry log tail is torn or corrupt; truncating to the last good record"
+                            reason = why,
                         );
                         break;
                     }
@@ -182,6 +347,7 @@ impl Registry {
         }
         file.seek(SeekFrom::Start(good as u64))
             .map_err(io(&log_path))?;
+        state.fold();
 
         let registry = Self {
             dir: dir.to_owned(),
@@ -233,14 +399,20 @@ impl Registry {
             return Err(RegistryError::Io { path, source });
         }
         log.len += record.len() as u64;
-        apply_ops(&mut self.state.write(), ops);
+        {
+            let mut state = self.state.write();
+            state.apply(ops);
+            if state.overlay.len() > FOLD_OVERLAY_AT {
+                state.fold();
+            }
+        }
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         // The change itself is durable in the log; a failed fold only means the log stays long
         // until the next attempt.
         if log.len > self.compact_bytes
             && let Err(err) = self.compact_locked(&mut log)
         {
-            tracing::warn!(error = %err, "registry compaction failed; the log keeps growing");
+            crate::safe_warn!("registry compaction failed; the log keeps growing", error = err);
         }
         drop(log);
         self.changed.notify_one();
@@ -256,9 +428,10 @@ impl Registry {
         }
         let mut merged = self.state.read().clone();
         for &(number, visibility) in entries {
-            merged.insert(number, visibility);
+            merged.set(number, Some(visibility));
         }
-        write_snapshot(&self.dir, &merged)?;
+        merged.fold();
+        write_snapshot(&self.dir, &merged.base)?;
         reset_log(&self.dir, &mut log)?;
         *self.state.write() = merged;
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
@@ -274,8 +447,14 @@ impl Registry {
     }
 
     fn compact_locked(&self, log: &mut LogWriter) -> Result<(), RegistryError> {
-        let state = self.state.read().clone();
-        write_snapshot(&self.dir, &state)?;
+        // Holding the log lock, no change can land between the fold and the write, so the
+        // shared vector is exactly the state the snapshot must hold; readers are not blocked.
+        let base = {
+            let mut state = self.state.write();
+            state.fold();
+            Arc::clone(&state.base)
+        };
+        write_snapshot(&self.dir, &base)?;
         reset_log(&self.dir, log)
     }
 
@@ -289,36 +468,51 @@ impl Registry {
         Arc::clone(&self.changed)
     }
 
-    /// All discoverable numbers and the version they reflect.
+    /// All discoverable numbers and the version they reflect (a copy; index builds use
+    /// [`Registry::discoverable_numbers`], which does not copy).
     pub fn discoverable(&self) -> (Vec<E164>, u64) {
-        let state = self.state.read();
-        let version = self.version();
-        let numbers = state
+        let (numbers, version) = self.discoverable_numbers();
+        let numbers = numbers
+            .as_digits()
             .iter()
-            .filter(|(_, v)| **v == Visibility::Discoverable)
-            .map(|(n, _)| *n)
+            .filter_map(|d| E164::from_u64(*d).ok())
             .collect();
+        (numbers, version)
+    }
+
+    /// All discoverable numbers, shared with the registry rather than copied, and the version
+    /// they reflect. Folds pending changes first (a linear pass over the registry).
+    pub fn discoverable_numbers(&self) -> (DiscoverableNumbers, u64) {
+        let mut state = self.state.write();
+        state.fold();
+        let version = self.version();
+        let numbers = DiscoverableNumbers {
+            base: Arc::clone(&state.base),
+            len: discoverable_len(&state.base),
+        };
         (numbers, version)
     }
 
     /// The state of one number, if registered.
     pub fn get(&self, number: E164) -> Option<Visibility> {
-        self.state.read().get(&number).copied()
+        self.state.read().get(number)
     }
 
     /// How many numbers are registered, by visibility.
     pub fn counts(&self) -> Counts {
-        let state = self.state.read();
-        let hidden = state.values().filter(|v| **v == Visibility::Hidden).count() as u64;
-        Counts {
-            discoverable: state.len() as u64 - hidden,
-            hidden,
-        }
+        self.state.read().counts
     }
 
     /// Every registration, sorted by number.
     pub fn entries(&self) -> Vec<(E164, Visibility)> {
-        let mut all: Vec<_> = self.state.read().iter().map(|(n, v)| (*n, *v)).collect();
+        let mut state = self.state.write();
+        state.fold();
+        let mut all: Vec<_> = state
+            .base
+            .iter()
+            .filter_map(|e| Some((E164::from_u64(e & !HIDDEN_BIT).ok()?, visibility_of(*e))))
+            .collect();
+        drop(state);
         all.sort_unstable_by_key(|(n, _)| *n);
         all
     }
@@ -330,22 +524,6 @@ impl Registry {
             path: self.dir.join(LOG_FILE),
             source,
         })
-    }
-}
-
-fn apply_ops(state: &mut HashMap<E164, Visibility>, ops: &[Op]) {
-    for op in ops {
-        match *op {
-            Op::Add(n) => {
-                state.insert(n, Visibility::Discoverable);
-            }
-            Op::Hide(n) => {
-                state.insert(n, Visibility::Hidden);
-            }
-            Op::Remove(n) => {
-                state.remove(&n);
-            }
-        }
     }
 }
 
@@ -382,38 +560,39 @@ fn write_atomically(
     sync_dir(dir)
 }
 
-fn write_snapshot(dir: &Path, state: &HashMap<E164, Visibility>) -> Result<(), RegistryError> {
-    let mut entries: Vec<u64> = state
-        .iter()
-        .map(|(n, v)| match v {
-            Visibility::Discoverable => n.get(),
-            Visibility::Hidden => n.get() | HIDDEN_BIT,
-        })
-        .collect();
-    entries.sort_unstable();
+/// Bytes converted per read or write call when streaming the snapshot body.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// Writes the sorted raw entries: magic, count, entries (u64 LE), crc32 of everything before.
+fn write_snapshot(dir: &Path, entries: &[u64]) -> Result<(), RegistryError> {
     write_atomically(dir, SNAPSHOT_FILE, |out| {
         let mut crc = crc32fast::Hasher::new();
-        let mut put = |out: &mut BufWriter<&File>, bytes: &[u8]| {
-            crc.update(bytes);
-            out.write_all(bytes)
-        };
-        put(out, SNAPSHOT_MAGIC)?;
-        put(out, &(entries.len() as u64).to_le_bytes())?;
-        for e in &entries {
-            put(out, &e.to_le_bytes())?;
+        let mut header = [0u8; 16];
+        header[..8].copy_from_slice(SNAPSHOT_MAGIC);
+        header[8..].copy_from_slice(&(entries.len() as u64).to_le_bytes());
+        crc.update(&header);
+        out.write_all(&header)?;
+        let mut bytes = Vec::with_capacity(SNAPSHOT_CHUNK);
+        for chunk in entries.chunks(SNAPSHOT_CHUNK / 8) {
+            bytes.clear();
+            bytes.extend(chunk.iter().flat_map(|e| e.to_le_bytes()));
+            crc.update(&bytes);
+            out.write_all(&bytes)?;
         }
         out.write_all(&crc.finalize().to_le_bytes())
     })
 }
 
-fn read_snapshot(path: &Path, state: &mut HashMap<E164, Visibility>) -> Result<u64, RegistryError> {
+/// Reads a snapshot straight into a sorted vector of raw entries, checking the checksum and
+/// that every entry is a valid number.
+fn read_snapshot(path: &Path) -> Result<Vec<u64>, RegistryError> {
     let corrupt = |why| RegistryError::CorruptSnapshot {
         path: path.to_owned(),
         why,
     };
     let file = File::open(path).map_err(io_err(path))?;
     let file_len = file.metadata().map_err(io_err(path))?.len();
-    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut input = BufReader::with_capacity(SNAPSHOT_CHUNK, file);
     let mut crc = crc32fast::Hasher::new();
     let mut header = [0u8; 16];
     input
@@ -431,21 +610,26 @@ fn read_snapshot(path: &Path, state: &mut HashMap<E164, Visibility>) -> Result<u
     if count.checked_mul(8).and_then(|b| b.checked_add(16 + 4)) != Some(file_len) {
         return Err(corrupt("length does not match the entry count"));
     }
-    state.reserve(count as usize);
-    let mut raw = [0u8; 8];
-    for _ in 0..count {
-        input
-            .read_exact(&mut raw)
-            .map_err(|_| corrupt("truncated"))?;
-        crc.update(&raw);
-        let value = u64::from_le_bytes(raw);
-        let number = E164::from_u64(value & !HIDDEN_BIT).map_err(|_| corrupt("invalid number"))?;
-        let visibility = if value & HIDDEN_BIT != 0 {
-            Visibility::Hidden
-        } else {
-            Visibility::Discoverable
-        };
-        state.insert(number, visibility);
+    let count = usize::try_from(count).map_err(|_| corrupt("too many entries"))?;
+    let mut entries = Vec::with_capacity(count);
+    let mut bytes = vec![0u8; SNAPSHOT_CHUNK];
+    let mut sorted = true;
+    let mut previous = 0u64;
+    let mut valid = true;
+    while entries.len() < count {
+        let take = (count - entries.len()).min(SNAPSHOT_CHUNK / 8) * 8;
+        let chunk = &mut bytes[..take];
+        input.read_exact(chunk).map_err(|_| corrupt("truncated"))?;
+        crc.update(chunk);
+        for raw in chunk.chunks_exact(8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(raw);
+            let value = u64::from_le_bytes(word);
+            valid &= E164::from_u64(value & !HIDDEN_BIT).is_ok();
+            sorted &= value > previous;
+            previous = value;
+            entries.push(value);
+        }
     }
     let mut stored = [0u8; 4];
     input
@@ -454,7 +638,15 @@ fn read_snapshot(path: &Path, state: &mut HashMap<E164, Visibility>) -> Result<u
     if u32::from_le_bytes(stored) != crc.finalize() {
         return Err(corrupt("checksum mismatch"));
     }
-    Ok(count)
+    if !valid {
+        return Err(corrupt("invalid number"));
+    }
+    if !sorted {
+        // This writer always sorts; tolerate a snapshot that is not, as the format allows it.
+        entries.sort_unstable();
+        entries.dedup();
+    }
+    Ok(entries)
 }
 
 fn create_empty_log(dir: &Path) -> Result<(), RegistryError> {
@@ -608,5 +800,111 @@ mod tests {
             Registry::open(dir.path()),
             Err(RegistryError::CorruptSnapshot { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn number(i: u8) -> E164 {
+        E164::from_u64(15_550_000_000 + u64::from(i)).unwrap()
+    }
+
+    proptest! {
+        /// The compact state (sorted vector + overlay, folded at random moments) answers
+        /// exactly like a map applied with the same operations.
+        #[test]
+        fn state_agrees_with_a_map(
+            ops in proptest::collection::vec((0u8..3, 0u8..40, any::<bool>()), 0..200),
+        ) {
+            let mut state = State::default();
+            let mut model: HashMap<E164, Visibility> = HashMap::new();
+            for (kind, i, fold) in ops {
+                let n = number(i);
+                let op = match kind { 0 => Op::Add(n), 1 => Op::Hide(n), _ => Op::Remove(n) };
+                state.apply(&[op]);
+                match op {
+                    Op::Add(n) => { model.insert(n, Visibility::Discoverable); }
+                    Op::Hide(n) => { model.insert(n, Visibility::Hidden); }
+                    Op::Remove(n) => { model.remove(&n); }
+                }
+                if fold {
+                    state.fold();
+                    prop_assert!(state.overlay.is_empty());
+                    prop_assert!(state.base.windows(2).all(|w| w[0] < w[1]));
+                }
+                for i in 0..40 {
+                    prop_assert_eq!(state.get(number(i)), model.get(&number(i)).copied());
+                }
+                let hidden = model.values().filter(|v| **v == Visibility::Hidden).count() as u64;
+                prop_assert_eq!(state.counts, Counts {
+                    discoverable: model.len() as u64 - hidden,
+                    hidden,
+                });
+            }
+            state.fold();
+            let mut want: Vec<u64> = model
+                .iter()
+                .filter(|(_, v)| **v == Visibility::Discoverable)
+                .map(|(n, _)| n.get())
+                .collect();
+            want.sort_unstable();
+            prop_assert_eq!(&state.base[..discoverable_len(&state.base)], &want[..]);
+        }
+    }
+
+    #[test]
+    fn fold_copies_only_when_a_build_holds_the_vector() {
+        let mut state = State::default();
+        state.apply(&[Op::Add(number(1)), Op::Hide(number(2))]);
+        state.fold();
+        let held = Arc::clone(&state.base);
+        state.apply(&[Op::Remove(number(1))]);
+        state.fold();
+        assert_eq!(held.len(), 2, "a build's view does not change under it");
+        assert_eq!(state.base.len(), 1);
+        assert_eq!(state.get(number(2)), Some(Visibility::Hidden));
+    }
+
+    #[test]
+    fn discoverable_numbers_are_a_view_of_the_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reg, _) = Registry::open(dir.path()).unwrap();
+        reg.apply(&[Op::Add(number(3)), Op::Add(number(1)), Op::Hide(number(2))])
+            .unwrap();
+        let (numbers, version) = reg.discoverable_numbers();
+        assert_eq!(version, reg.version());
+        assert_eq!(numbers.as_digits(), &[number(1).get(), number(3).get()]);
+        assert_eq!(reg.discoverable().0, vec![number(1), number(3)]);
+        assert_eq!(
+            reg.entries(),
+            vec![
+                (number(1), Visibility::Discoverable),
+                (number(2), Visibility::Hidden),
+                (number(3), Visibility::Discoverable)
+            ]
+        );
+    }
+
+    #[test]
+    fn unsorted_snapshot_is_accepted_and_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries = [number(5).get(), number(2).get() | HIDDEN_BIT, number(1).get()];
+        let mut body = Vec::new();
+        body.extend_from_slice(SNAPSHOT_MAGIC);
+        body.extend_from_slice(&3u64.to_le_bytes());
+        for e in entries {
+            body.extend_from_slice(&e.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        fs::write(dir.path().join(SNAPSHOT_FILE), body).unwrap();
+        let (reg, report) = Registry::open(dir.path()).unwrap();
+        assert_eq!(report.snapshot_entries, 3);
+        assert_eq!(reg.get(number(2)), Some(Visibility::Hidden));
+        assert_eq!(reg.discoverable().0, vec![number(1), number(5)]);
     }
 }

@@ -7,6 +7,8 @@ mod discover;
 mod epochs;
 mod errors;
 mod helpers;
+mod limits;
 mod ratelimit;
 mod restart;
+mod rotation_load;
 mod smoke;

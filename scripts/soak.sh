@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Soak run (not in CI): the release server with a generated registry under steady discovery load
+# for DURATION seconds (default 600), resident memory sampled every 10 s into a CSV. Reports the
+# first, last and largest sample. Uses `contact-discovery loadgen` when the binary has it,
+# otherwise parallel loops of the `discover` CLI over a generated address book.
+#
+#   scripts/soak.sh                 # 10 minutes, 1,000,000 registered numbers
+#   DURATION=60 REGISTRY=100000 scripts/soak.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-600}
+REGISTRY=${REGISTRY:-1000000}
+WORKERS=${WORKERS:-4}
+BOOK=${BOOK:-5000}
+OUT=${OUT:-soak-rss.csv}
+PORT=${PORT:-18080}
+ADMIN_PORT=${ADMIN_PORT:-19090}
+
+cargo build --release --locked --quiet
+BIN=${CARGO_TARGET_DIR:-target}/release/contact-discovery
+WORK=$(mktemp -d)
+SERVER_PID=
+cleanup() {
+    [ -n "${SERVER_PID}" ] && kill "${SERVER_PID}" 2>/dev/null || true
+    jobs -p | xargs -r kill 2>/dev/null || true
+    rm -rf "${WORK}"
+}
+trap cleanup EXIT
+
+echo "generating ${REGISTRY} registered numbers" >&2
+"${BIN}" registry generate --count "${REGISTRY}" --seed 1 > "${WORK}/registry.txt"
+"${BIN}" registry import --data-dir "${WORK}/data" "${WORK}/registry.txt" >&2
+# Half the address book registered, half not (a different seed).
+{
+    echo "Name,Phone 1 - Type,Phone 1 - Value"
+    head -n $((BOOK / 2)) "${WORK}/registry.txt" | awk '{print "R" NR ",Mobile," $1}'
+    "${BIN}" registry generate --count $((BOOK / 2)) --seed 2 | awk '{print "U" NR ",Mobile," $1}'
+} > "${WORK}/book.csv"
+
+"${BIN}" serve --data-dir "${WORK}/data" --listen "127.0.0.1:${PORT}" \
+    --admin-listen "127.0.0.1:${ADMIN_PORT}" \
+    --rate-limit-burst 1000000000 --rate-limit-refill-per-day 1000000000 \
+    --log warn 2> "${WORK}/server.log" &
+SERVER_PID=$!
+for _ in $(seq 1 600); do
+    curl -sf "http://127.0.0.1:${PORT}/readyz" > /dev/null && break
+    sleep 0.1
+done
+curl -sf "http://127.0.0.1:${PORT}/readyz" > /dev/null || { cat "${WORK}/server.log" >&2; exit 1; }
+CREDENTIAL=$("${BIN}" credential --user soak --ttl 2h --data-dir "${WORK}/data")
+
+END=$(( $(date +%s) + DURATION ))
+if "${BIN}" loadgen --help > /dev/null 2>&1; then
+    LOAD="contact-discovery loadgen"
+    "${BIN}" loadgen --help | head -n 20 > "${WORK}/loadgen-help.txt"
+    echo "using contact-discovery loadgen (see its --help for defaults)" >&2
+    "${BIN}" loadgen --server "http://127.0.0.1:${PORT}" --credential "${CREDENTIAL}" \
+        --duration "${DURATION}s" > "${WORK}/loadgen.out" 2>&1 &
+else
+    LOAD="${WORKERS} parallel discover CLI loops over ${BOOK} contacts"
+    echo "loadgen not available; using ${LOAD}" >&2
+    for w in $(seq 1 "${WORKERS}"); do
+        (
+            n=0
+            while [ "$(date +%s)" -lt "${END}" ]; do
+                if [ $((w % 2)) -eq 0 ]; then enc=json; else enc=binary; fi
+                "${BIN}" discover --server "http://127.0.0.1:${PORT}" --credential "${CREDENTIAL}" \
+                    --contacts "${WORK}/book.csv" --encoding "${enc}" --json > /dev/null \
+                    || echo "discover failed" >> "${WORK}/failures"
+                n=$((n + 1))
+            done
+            echo "${n}" > "${WORK}/runs-${w}"
+        ) &
+    done
+fi
+
+echo "seconds,rss_kib" > "${OUT}"
+START=$(date +%s)
+while [ "$(date +%s)" -lt "${END}" ]; do
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/${SERVER_PID}/status")
+    echo "$(( $(date +%s) - START )),${rss}" >> "${OUT}"
+    sleep 10
+done
+rss=$(awk '/^VmRSS:/ {print $2}' "/proc/${SERVER_PID}/status")
+echo "$(( $(date +%s) - START )),${rss}" >> "${OUT}"
+wait $(jobs -p | grep -v "^${SERVER_PID}$") 2>/dev/null || true
+
+runs=$(cat "${WORK}"/runs-* 2>/dev/null | awk '{s+=$1} END {print s+0}')
+failures=$( [ -f "${WORK}/failures" ] && wc -l < "${WORK}/failures" || echo 0)
+requests=$(curl -s "http://127.0.0.1:${ADMIN_PORT}/metrics" \
+    | awk '/^[a-z_]*http_requests_total/ && /discover/ && /status="200"/ {s+=$NF} END {print s+0}')
+awk -F, -v load="${LOAD}" -v runs="${runs}" -v failures="${failures}" -v requests="${requests}" '
+    NR == 2 { first = $2 }
+    NR > 1 { last = $2; if ($2 > max) max = $2; n++ }
+    END {
+        printf "soak: %d samples over the run; load: %s\n", n, load
+        printf "rss KiB: first %d, last %d, max %d (last/first %.2f)\n", first, last, max, last / first
+        printf "discover runs %s, 200 discover responses %s, failed runs %s\n", runs, requests, failures
+    }' "${OUT}"

@@ -1,0 +1,428 @@
+//! The "nothing of a query is kept" claim, checked instead of asserted.
+//!
+//! Runs the real binary with its own data directory and the most verbose logging, sends
+//! discovery requests carrying known random fingerprints (both encodings, good, malformed,
+//! refused and rate-limited ones, and, with the `test-hooks` feature, one that makes a handler
+//! panic with the fingerprint in its message), scrapes `/metrics` and `/admin/v1/stats`, stops
+//! the server, then searches everything it produced for every fingerprint in raw bytes, hex
+//! (both cases), base64 and base64url (at every alignment) and decimal. It must find nothing.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use contact_discovery::domain::{E164, Fingerprint, Salt};
+use rand::RngCore;
+
+const BIN: &str = env!("CARGO_BIN_EXE_contact-discovery");
+const ADMIN_TOKEN: &str = "no-retention-admin-token";
+
+/// Every way a fingerprint could be written down.
+fn encodings(fp: &[u8; 8]) -> Vec<Vec<u8>> {
+    let mut out = vec![fp.to_vec()];
+    let hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
+    out.push(hex.clone().into_bytes());
+    out.push(hex.to_uppercase().into_bytes());
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        out.push(engine.encode(fp).into_bytes());
+    }
+    // Inside a longer base64 text the 8 bytes may start at any of three alignments; keep the
+    // characters that depend on the fingerprint's bytes alone.
+    for shift in 1..3usize {
+        let mut shifted = vec![0u8; shift];
+        shifted.extend_from_slice(fp);
+        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+            let text = engine.encode(&shifted);
+            let skip = (shift * 8).div_ceil(6);
+            let keep = (8 * 8 - (6 - (shift * 8) % 6) % 6) / 6;
+            out.push(text.as_bytes()[skip..skip + keep].to_vec());
+        }
+    }
+    out.push(u64::from_le_bytes(*fp).to_string().into_bytes());
+    out.push(u64::from_be_bytes(*fp).to_string().into_bytes());
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The name of the first encoding of any fingerprint found in `haystack`.
+fn find_any(haystack: &[u8], fingerprints: &[[u8; 8]]) -> Option<String> {
+    for fp in fingerprints {
+        for (i, needle) in encodings(fp).iter().enumerate() {
+            if contains(haystack, needle) {
+                return Some(format!("encoding #{i} of fingerprint {fp:02x?}"));
+            }
+        }
+    }
+    None
+}
+
+struct Server {
+    child: Child,
+    public: String,
+    admin: String,
+    output: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn start(data_dir: &Path) -> Server {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--admin-token", ADMIN_TOKEN])
+        .args(["--max-batch", "1000", "--rate-limit-burst", "2000"])
+        .args(["--rate-limit-refill-per-day", "1", "--log", "trace"])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server starts");
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let mut readers = Vec::new();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    for mut pipe in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
+        let output = Arc::clone(&output);
+        readers.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                output.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }));
+    }
+    let (mut public, mut admin) = (None, None);
+    for _ in 0..6_000 {
+        let text = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+        if let Some(line) = text.lines().find(|l| l.contains("listening")) {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            public = field("public=");
+            admin = field("admin=");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Server {
+        child,
+        public: public.expect("public address logged"),
+        admin: admin.expect("admin address logged"),
+        output,
+        readers,
+    }
+}
+
+fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+struct Probe {
+    client: reqwest::Client,
+    base: String,
+    credential: String,
+    /// Every response body, status line and header the server sent back.
+    seen: Vec<u8>,
+}
+
+impl Probe {
+    async fn send(
+        &mut self,
+        content_type: &str,
+        auth: bool,
+        extra: Option<(&str, &str)>,
+        body: Vec<u8>,
+    ) -> u16 {
+        let mut request = self
+            .client
+            .post(format!("{}/v1/discover", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        if auth {
+            request = request.bearer_auth(&self.credential);
+        }
+        if let Some((k, v)) = extra {
+            request = request.header(k, v);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        for (name, value) in response.headers() {
+            self.seen.extend_from_slice(name.as_str().as_bytes());
+            self.seen.extend_from_slice(value.as_bytes());
+        }
+        self.seen
+            .extend_from_slice(&response.bytes().await.unwrap());
+        status
+    }
+}
+
+fn binary_body(epoch: u64, fps: &[[u8; 8]]) -> Vec<u8> {
+    let mut body = epoch.to_be_bytes().to_vec();
+    for fp in fps {
+        body.extend_from_slice(fp);
+    }
+    body
+}
+
+fn json_body(epoch: u64, fps: &[[u8; 8]]) -> Vec<u8> {
+    let list: Vec<String> = fps.iter().map(|f| URL_SAFE_NO_PAD.encode(f)).collect();
+    serde_json::json!({ "epoch": epoch, "fingerprints": list })
+        .to_string()
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_trace_of_a_query_is_kept_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = start(&data);
+    let client = reqwest::Client::new();
+
+    // Some registered numbers, so that some uploaded fingerprints match.
+    let registered = ["+4915112345678", "+15555550123", "+447700900456"];
+    let added = client
+        .post(format!("http://{}/admin/v1/registrations", server.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "add": registered }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 200);
+    let token = Command::new(BIN)
+        .args(["credential", "--user", "retention-probe", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let credential = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+
+    let epoch: serde_json::Value = client
+        .get(format!("http://{}/v1/epoch", server.public))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let current = epoch["epoch"].as_u64().unwrap();
+    let salt_bytes: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(epoch["salt"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let salt = Salt::from_bytes(salt_bytes);
+
+    // Wait until the index holds the registrations (readiness alone is not enough).
+    let matching: Vec<[u8; 8]> = registered
+        .iter()
+        .map(|n| Fingerprint::compute(&salt, E164::parse(n).unwrap()).to_bytes())
+        .collect();
+    let mut random = vec![[0u8; 8]; 64];
+    for fp in &mut random {
+        rand::rng().fill_bytes(fp);
+    }
+    let all: Vec<[u8; 8]> = matching.iter().chain(random.iter()).copied().collect();
+
+    // Files after the registrations, before any query: nothing below may change them.
+    let before = files_under(&data);
+
+    let mut probe = Probe {
+        client: client.clone(),
+        base: format!("http://{}", server.public),
+        credential,
+        seen: Vec::new(),
+    };
+    let mut statuses = Vec::new();
+    let bin = "application/octet-stream";
+    let json = "application/json";
+    // Good requests in both encodings (they must also match, or nothing was really looked up).
+    let mut matched = false;
+    for _ in 0..50 {
+        let response = client
+            .post(format!("{}/v1/discover", probe.base))
+            .header("content-type", json)
+            .bearer_auth(&probe.credential)
+            .body(json_body(current, &all))
+            .send()
+            .await
+            .unwrap();
+        let answer: serde_json::Value = response.json().await.unwrap();
+        if answer["registered"] == serde_json::json!([0, 1, 2]) {
+            matched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(matched, "registered numbers were never found");
+    statuses.push(
+        probe
+            .send(bin, true, None, binary_body(current, &all))
+            .await,
+    );
+    statuses.push(probe.send(json, true, None, json_body(current, &all)).await);
+    // Malformed, refused and wrong ones, each carrying the fingerprints.
+    let mut truncated = json_body(current, &all);
+    truncated.truncate(truncated.len() - 3);
+    statuses.push(probe.send(json, true, None, truncated).await);
+    let mut bad_length = binary_body(current, &all);
+    bad_length.extend_from_slice(&all[0][..5]);
+    statuses.push(probe.send(bin, true, None, bad_length).await);
+    let short = URL_SAFE_NO_PAD.encode(&all[1][..7]);
+    let weird = format!(
+        r#"{{"epoch":{current},"fingerprints":["{}","{short}"],"x":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(all[2]),
+        URL_SAFE_NO_PAD.encode(all[3])
+    );
+    statuses.push(probe.send(json, true, None, weird.into_bytes()).await);
+    statuses.push(
+        probe
+            .send(bin, true, None, binary_body(current + 7, &all))
+            .await,
+    );
+    statuses.push(probe.send(bin, true, None, binary_body(0, &all)).await);
+    statuses.push(
+        probe
+            .send("text/plain", true, None, binary_body(current, &all))
+            .await,
+    );
+    statuses.push(
+        probe
+            .send(bin, false, None, binary_body(current, &all))
+            .await,
+    );
+    let mut huge = all.clone();
+    while huge.len() <= 1_000 {
+        huge.extend_from_slice(&all);
+    }
+    statuses.push(
+        probe
+            .send(bin, true, None, binary_body(current, &huge))
+            .await,
+    );
+    // Spend the budget, then get rate limited with fingerprints in the body.
+    for _ in 0..40 {
+        let status = probe
+            .send(bin, true, None, binary_body(current, &all))
+            .await;
+        statuses.push(status);
+        if status == 429 {
+            break;
+        }
+    }
+    if cfg!(feature = "test-hooks") {
+        let status = probe
+            .send(
+                bin,
+                true,
+                Some(("x-test-panic", "1")),
+                binary_body(current, &all),
+            )
+            .await;
+        assert_eq!(status, 500, "the test hook panicked");
+        statuses.push(status);
+    }
+    for code in [200, 400, 401, 410, 413, 415, 422, 429] {
+        assert!(statuses.contains(&code), "no {code} among {statuses:?}");
+    }
+
+    // Everything operators can read.
+    let metrics = client
+        .get(format!("http://{}/metrics", server.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let stats = client
+        .get(format!("http://{}/admin/v1/stats", server.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("contact_discovery_fingerprints_looked_up_total"));
+    assert!(stats.contains("registry"));
+    let after_queries = files_under(&data);
+
+    // Stop gracefully and collect every byte the process wrote.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server.child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(server.child.wait().unwrap().success());
+    for reader in server.readers.drain(..) {
+        reader.join().unwrap();
+    }
+    let logs = server.output.lock().unwrap().clone();
+    let files = files_under(dir.path());
+
+    // The searches can fail: they find the fingerprints where they are known to be.
+    assert!(find_any(&binary_body(current, &all), &all).is_some());
+    assert!(find_any(&json_body(current, &all), &all).is_some());
+    // The logs are really verbose: access lines for the requests above are there.
+    let log_text = String::from_utf8_lossy(&logs);
+    assert!(
+        log_text.contains("TRACE") || log_text.contains("DEBUG"),
+        "verbose logging is on"
+    );
+    assert!(
+        log_text.contains("/v1/discover"),
+        "access log lines are there"
+    );
+    if cfg!(feature = "test-hooks") {
+        assert!(
+            log_text.contains("panic (message withheld"),
+            "the panic was logged"
+        );
+        assert!(
+            !log_text.contains("test hook panic"),
+            "the panic message was withheld"
+        );
+    }
+
+    assert_eq!(find_any(&logs, &all), None, "in the logs");
+    assert_eq!(find_any(metrics.as_bytes(), &all), None, "in /metrics");
+    assert_eq!(find_any(stats.as_bytes(), &all), None, "in /admin/v1/stats");
+    assert_eq!(find_any(&probe.seen, &all), None, "in the responses");
+    for (path, bytes) in &files {
+        assert_eq!(find_any(bytes, &all), None, "in {}", path.display());
+    }
+    // Queries wrote nothing: the data directory is byte for byte what it was before them.
+    assert_eq!(
+        before, after_queries,
+        "discovery requests changed the data directory"
+    );
+}
