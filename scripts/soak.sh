@@ -6,6 +6,7 @@
 #
 #   scripts/soak.sh                 # 10 minutes, 1,000,000 registered numbers
 #   DURATION=60 REGISTRY=100000 scripts/soak.sh
+#   BIN=target/release/contact-discovery scripts/soak.sh   # no build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-600}
@@ -14,10 +15,15 @@ WORKERS=${WORKERS:-4}
 BOOK=${BOOK:-5000}
 OUT=${OUT:-soak-rss.csv}
 PORT=${PORT:-18080}
+RATE=${RATE:-200}
+LOADGEN_OUT=${LOADGEN_OUT:-soak-loadgen.json}
 ADMIN_PORT=${ADMIN_PORT:-19090}
 
-cargo build --release --locked --quiet
-BIN=${CARGO_TARGET_DIR:-target}/release/contact-discovery
+# BIN=path/to/contact-discovery skips the build and soaks that binary.
+if [ -z "${BIN:-}" ]; then
+    cargo build --release --locked --quiet
+    BIN=${CARGO_TARGET_DIR:-target}/release/contact-discovery
+fi
 WORK=$(mktemp -d)
 SERVER_PID=
 cleanup() {
@@ -50,12 +56,14 @@ curl -sf "http://127.0.0.1:${PORT}/readyz" > /dev/null || { cat "${WORK}/server.
 CREDENTIAL=$("${BIN}" credential --user soak --ttl 2h --data-dir "${WORK}/data")
 
 END=$(( $(date +%s) + DURATION ))
+LOAD_PIDS=
 if "${BIN}" loadgen --help > /dev/null 2>&1; then
-    LOAD="contact-discovery loadgen"
-    "${BIN}" loadgen --help | head -n 20 > "${WORK}/loadgen-help.txt"
-    echo "using contact-discovery loadgen (see its --help for defaults)" >&2
-    "${BIN}" loadgen --server "http://127.0.0.1:${PORT}" --credential "${CREDENTIAL}" \
-        --duration "${DURATION}s" > "${WORK}/loadgen.out" 2>&1 &
+    echo "using contact-discovery loadgen" >&2
+    LOAD="contact-discovery loadgen at ${RATE} requests/s, batches lognormal:300:1.0"
+    "${BIN}" loadgen --server "http://127.0.0.1:${PORT}" --data-dir "${WORK}/data" \
+        --registry-seed 1 --registry-size "${REGISTRY}" --rate "${RATE}" \
+        --batch lognormal:300:1.0 --duration "${DURATION}s" --json > "${LOADGEN_OUT}" 2>&1 &
+    LOAD_PIDS=$!
 else
     LOAD="${WORKERS} parallel discover CLI loops over ${BOOK} contacts"
     echo "loadgen not available; using ${LOAD}" >&2
@@ -71,6 +79,7 @@ else
             done
             echo "${n}" > "${WORK}/runs-${w}"
         ) &
+        LOAD_PIDS="${LOAD_PIDS:-} $!"
     done
 fi
 
@@ -83,17 +92,20 @@ while [ "$(date +%s)" -lt "${END}" ]; do
 done
 rss=$(awk '/^VmRSS:/ {print $2}' "/proc/${SERVER_PID}/status")
 echo "$(( $(date +%s) - START )),${rss}" >> "${OUT}"
-wait $(jobs -p | grep -v "^${SERVER_PID}$") 2>/dev/null || true
+# shellcheck disable=SC2086  # a list of pids
+wait ${LOAD_PIDS} 2>/dev/null || true
 
-runs=$(cat "${WORK}"/runs-* 2>/dev/null | awk '{s+=$1} END {print s+0}')
+runs=$(cat "${WORK}"/runs-* 2>/dev/null | awk '{s+=$1} END {print s+0}' || true)
 failures=$( [ -f "${WORK}/failures" ] && wc -l < "${WORK}/failures" || echo 0)
 requests=$(curl -s "http://127.0.0.1:${ADMIN_PORT}/metrics" \
-    | awk '/^[a-z_]*http_requests_total/ && /discover/ && /status="200"/ {s+=$NF} END {print s+0}')
+    | awk '/^[a-z_]*http_requests_total/ && /discover/ && /status="200"/ {s+=$NF} END {print s+0}' \
+    || true)
 awk -F, -v load="${LOAD}" -v runs="${runs}" -v failures="${failures}" -v requests="${requests}" '
     NR == 2 { first = $2 }
     NR > 1 { last = $2; if ($2 > max) max = $2; n++ }
     END {
         printf "soak: %d samples over the run; load: %s\n", n, load
         printf "rss KiB: first %d, last %d, max %d (last/first %.2f)\n", first, last, max, last / first
-        printf "discover runs %s, 200 discover responses %s, failed runs %s\n", runs, requests, failures
+        printf "discover CLI runs %s (0 when loadgen drove the load), 200 discover responses %s, failed CLI runs %s\n", runs, requests, failures
     }' "${OUT}"
+[ -s "${LOADGEN_OUT}" ] && echo "loadgen report: ${LOADGEN_OUT}"

@@ -63,6 +63,13 @@ pub fn serve(args: &ServeArgs) -> Result<(), CommandError> {
         crate::safe_warn!("could not disable core dumps", error = err);
     }
     crate::safe_info!("starting", config = config);
+    if config.mlock {
+        // Asked for explicitly: running without it would silently break the promise.
+        crate::hardening::lock_memory().map_err(io(
+            "--mlock: cannot lock memory (needs CAP_IPC_LOCK or a higher RLIMIT_MEMLOCK)",
+        ))?;
+        crate::safe_info!("memory locked: nothing of this process is swapped out");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -246,4 +253,27 @@ pub fn discover_and_print(args: &DiscoverArgs) -> Result<(), CommandError> {
         print!("{}", report.render_text());
     }
     Ok(())
+}
+
+/// `audit`: measures fingerprint speed here and prints reversal and enumeration costs.
+pub fn audit(
+    seconds: f64,
+    burst: u64,
+    refill_per_day: u64,
+    json: bool,
+) -> Result<(), CommandError> {
+    let report = crate::audit::run(seconds, burst, refill_per_day);
+    if json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| CommandError::Refused(e.to_string()))?;
+        println!("{text}");
+    } else {
+        print!("{}", report.render_text());
+    }
+    Ok(())
+}
+
+/// `loadgen`: open-loop load against a running service; prints the report.
+pub fn loadgen(args: &crate::loadgen::LoadgenArgs) -> Result<(), CommandError> {
+    crate::loadgen::run_and_print(args).map_err(|e| CommandError::Refused(e.to_string()))
 }

@@ -46,6 +46,10 @@ pub struct Config {
     pub insecure_no_auth: bool,
     /// Seed a synthetic registry when empty and print a ready-to-paste request.
     pub demo: bool,
+    /// Lock all memory (index, in-flight buffers) into RAM so it never reaches swap.
+    pub mlock: bool,
+    /// Log the client's address in access logs, truncated to /24 (IPv4) or /48 (IPv6).
+    pub log_client_ip: bool,
     /// Log filter (`RUST_LOG` syntax), e.g. `info` or `contact_discovery=debug`.
     pub log: String,
     /// A connection must deliver a complete request head within this many milliseconds of
@@ -77,6 +81,8 @@ impl Default for Config {
             max_credential_ttl_seconds: 7 * 86_400,
             insecure_no_auth: false,
             demo: false,
+            mlock: false,
+            log_client_ip: false,
             log: "info".to_owned(),
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
@@ -109,6 +115,8 @@ impl std::fmt::Debug for Config {
             )
             .field("insecure_no_auth", &self.insecure_no_auth)
             .field("demo", &self.demo)
+            .field("mlock", &self.mlock)
+            .field("log_client_ip", &self.log_client_ip)
             .field("log", &self.log)
             .field("header_read_timeout_ms", &self.header_read_timeout_ms)
             .field("body_read_timeout_ms", &self.body_read_timeout_ms)
@@ -206,6 +214,14 @@ pub struct ServeArgs {
     #[arg(long, env = "CONTACT_DISCOVERY_DEMO", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub demo: Option<bool>,
+    /// Lock all memory into RAM (mlockall) so the index and request buffers never reach swap.
+    #[arg(long, env = "CONTACT_DISCOVERY_MLOCK", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mlock: Option<bool>,
+    /// Put the client's address, truncated to /24 or /48, in access logs (off: no address).
+    #[arg(long, env = "CONTACT_DISCOVERY_LOG_CLIENT_IP", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_client_ip: Option<bool>,
     /// Log filter, RUST_LOG syntax [default: info].
     #[arg(long, env = "CONTACT_DISCOVERY_LOG")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -15,6 +15,15 @@ pub fn disable_core_dumps() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Locks every current and future page of the process into RAM (`mlockall`), so the match
+/// index and in-flight request buffers are never written to swap. Needs `CAP_IPC_LOCK` or a
+/// large enough `RLIMIT_MEMLOCK`.
+pub fn lock_memory() -> std::io::Result<()> {
+    use rustix::mm::{MlockAllFlags, mlockall};
+    mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE)?;
+    Ok(())
+}
+
 /// Replaces the default panic hook with one that logs where a panic happened but never its
 /// message: a message could have been formatted from request data (`unwrap` on a value, a
 /// `panic!("{x}")`), and panic output goes to the same place as logs.

@@ -2,6 +2,7 @@
 //! salted, keyed fingerprints, without keeping the address book. See ARCHITECTURE.md.
 
 pub mod api;
+pub mod audit;
 pub mod client;
 pub mod clock;
 pub mod commands;
@@ -10,6 +11,7 @@ pub mod demo;
 pub mod domain;
 pub mod hardening;
 pub mod index;
+pub mod loadgen;
 pub mod log_safe;
 pub mod metrics;
 pub mod ratelimit;

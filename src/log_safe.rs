@@ -47,6 +47,27 @@ impl fmt::Display for SafePath<'_> {
 }
 impl LogSafe for SafePath<'_> {}
 
+/// A client's network for access logs: the address cut to /24 (IPv4) or /48 (IPv6), enough for
+/// abuse forensics but not to single out a subscriber line; `-` when not logged.
+pub struct ClientNetwork(pub Option<std::net::IpAddr>);
+
+impl fmt::Display for ClientNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("-"),
+            Some(std::net::IpAddr::V4(v4)) => {
+                let [a, b, c, _] = v4.octets();
+                write!(f, "{a}.{b}.{c}.0/24")
+            }
+            Some(std::net::IpAddr::V6(v6)) => {
+                let s = v6.segments();
+                write!(f, "{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+            }
+        }
+    }
+}
+impl LogSafe for ClientNetwork {}
+
 /// A route template from the router (`/v1/discover`), never the raw request path.
 pub struct RouteTemplate<'a>(pub &'a str);
 
@@ -106,5 +127,15 @@ mod tests {
             route = super::RouteTemplate("/v1/discover")
         );
         crate::safe_warn!("plain message");
+    }
+
+    #[test]
+    fn client_addresses_are_truncated() {
+        use super::ClientNetwork;
+        let v4: std::net::IpAddr = "203.0.113.77".parse().unwrap();
+        let v6: std::net::IpAddr = "2001:db8:abcd:12:1:2:3:4".parse().unwrap();
+        assert_eq!(ClientNetwork(Some(v4)).to_string(), "203.0.113.0/24");
+        assert_eq!(ClientNetwork(Some(v6)).to_string(), "2001:db8:abcd::/48");
+        assert_eq!(ClientNetwork(None).to_string(), "-");
     }
 }

@@ -43,6 +43,31 @@ enum Command {
         #[arg(long, env = "CONTACT_DISCOVERY_CREDENTIAL_KEY_FILE")]
         credential_key_file: Option<PathBuf>,
     },
+    /// Measure fingerprint speed here and print what an attacker's reversal and enumeration cost.
+    Audit {
+        /// Seconds to measure each of the one-core and all-core speeds.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Rate limit burst to assume (the server's --rate-limit-burst).
+        #[arg(
+            long,
+            env = "CONTACT_DISCOVERY_RATE_LIMIT_BURST",
+            default_value_t = 50_000
+        )]
+        rate_limit_burst: u64,
+        /// Refill per day to assume (the server's --rate-limit-refill-per-day).
+        #[arg(
+            long,
+            env = "CONTACT_DISCOVERY_RATE_LIMIT_REFILL_PER_DAY",
+            default_value_t = 2_000
+        )]
+        rate_limit_refill_per_day: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open-loop load test of a running service (see docs/BENCHMARKS.md).
+    Loadgen(Box<contact_discovery::loadgen::LoadgenArgs>),
     /// Read an address book (vCard or CSV) and show which contacts are registered.
     Discover {
         /// Server base URL.
@@ -146,6 +171,13 @@ fn main() -> ExitCode {
             json,
             timeout,
         }),
+        Command::Audit {
+            seconds,
+            rate_limit_burst,
+            rate_limit_refill_per_day,
+            json,
+        } => commands::audit(seconds, rate_limit_burst, rate_limit_refill_per_day, json),
+        Command::Loadgen(args) => commands::loadgen(&args),
         Command::Credential {
             user,
             ttl,

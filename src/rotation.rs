@@ -208,34 +208,57 @@ impl Rotator {
 
     /// One pass: bring the live set to what the policy wants at the current time.
     pub async fn step(&self) {
+        self.refresh(false).await;
+    }
+
+    /// Builds only the current epoch's index if it is missing or stale: what a restart needs
+    /// before serving; the next [`Rotator::step`] builds the rest while requests are answered.
+    pub async fn warm_up(&self) {
+        self.refresh(true).await;
+    }
+
+    async fn refresh(&self, current_only: bool) {
         let now = self.clock.now_secs();
         let policy = self.indexes.policy;
         let wanted = policy.wanted(now);
         let version = self.registry.version();
-        let stale = self.indexes.stale(&wanted, version);
+        let mut stale = self.indexes.stale(&wanted, version);
+        if current_only {
+            stale.retain(|e| *e == policy.schedule.epoch_at(now));
+        }
         if !stale.is_empty() {
+            // The current epoch first, and each index installed as soon as it is built: after
+            // a restart the service is ready once the one index it needs exists.
+            let current = policy.schedule.epoch_at(now);
+            stale.sort_by_key(|e| *e != current);
             let registry = Arc::clone(&self.registry);
-            let secret = self.secret.clone();
-            let built = tokio::task::spawn_blocking(move || {
-                let (numbers, version) = registry.discoverable();
-                stale
-                    .into_iter()
-                    .map(|epoch| {
-                        let started = Instant::now();
-                        let index = MatchIndex::build(epoch, &secret.salt(epoch), &numbers);
-                        let live = LiveIndex {
-                            index: Arc::new(index),
-                            registry_version: version,
-                            build_seconds: started.elapsed().as_secs_f64(),
-                        };
-                        (epoch, live)
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await;
-            match built {
-                Ok(built) => {
-                    for (epoch, live) in built {
+            let numbers =
+                tokio::task::spawn_blocking(move || registry.discoverable_numbers()).await;
+            let (numbers, version) = match numbers {
+                Ok(got) => got,
+                Err(err) => {
+                    crate::safe_error!("match index build failed", error = err);
+                    return;
+                }
+            };
+            for epoch in stale {
+                let (numbers, secret) = (numbers.clone(), self.secret.clone());
+                let built = tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    let index = MatchIndex::build_from_digits(
+                        epoch,
+                        &secret.salt(epoch),
+                        numbers.as_digits(),
+                    );
+                    LiveIndex {
+                        index: Arc::new(index),
+                        registry_version: version,
+                        build_seconds: started.elapsed().as_secs_f64(),
+                    }
+                })
+                .await;
+                match built {
+                    Ok(live) => {
                         self.metrics.index_build_seconds.observe(live.build_seconds);
                         crate::safe_info!(
                             "match index built",
@@ -246,8 +269,8 @@ impl Rotator {
                         );
                         self.indexes.install(epoch, live);
                     }
+                    Err(err) => crate::safe_error!("match index build failed", error = err),
                 }
-                Err(err) => crate::safe_error!("match index build failed", error = err),
             }
         }
         // Re-read the time: a long build may have crossed a boundary.

@@ -163,6 +163,7 @@ impl Application {
             clock: clock.clone(),
             max_batch: config.max_batch,
             started: Instant::now(),
+            log_client_ip: config.log_client_ip,
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
         });
@@ -221,9 +222,10 @@ impl Application {
         Arc::clone(&self.state)
     }
 
-    /// Builds the current indexes before serving, so the service is ready from its first request.
+    /// Builds the current epoch's index before serving, so the service is ready from its first
+    /// request; the other live epochs are built right after, while serving.
     pub async fn warm_up(&self) {
-        self.rotator.step().await;
+        self.rotator.warm_up().await;
     }
 
     /// Serves both listeners until `shutdown` completes, then drains in-flight requests, flushes

@@ -7,20 +7,17 @@
 //! the server, then searches everything it produced for every fingerprint in raw bytes, hex
 //! (both cases), base64 and base64url (at every alignment) and decimal. It must find nothing.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use common::{ADMIN_TOKEN, credential, start_server_with_env};
 use contact_discovery::domain::{E164, Fingerprint, Salt};
 use rand::RngCore;
-
-const BIN: &str = env!("CARGO_BIN_EXE_contact-discovery");
-const ADMIN_TOKEN: &str = "no-retention-admin-token";
 
 /// Every way a fingerprint could be written down.
 fn encodings(fp: &[u8; 8]) -> Vec<Vec<u8>> {
@@ -62,73 +59,6 @@ fn find_any(haystack: &[u8], fingerprints: &[[u8; 8]]) -> Option<String> {
         }
     }
     None
-}
-
-struct Server {
-    child: Child,
-    public: String,
-    admin: String,
-    output: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-fn start(data_dir: &Path) -> Server {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--admin-token", ADMIN_TOKEN])
-        .args(["--max-batch", "1000", "--rate-limit-burst", "2000"])
-        .args(["--rate-limit-refill-per-day", "1", "--log", "trace"])
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("server starts");
-    let output = Arc::new(Mutex::new(Vec::new()));
-    let mut readers = Vec::new();
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    for mut pipe in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
-        let output = Arc::clone(&output);
-        readers.push(std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                output.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        }));
-    }
-    let (mut public, mut admin) = (None, None);
-    for _ in 0..6_000 {
-        let text = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
-        if let Some(line) = text.lines().find(|l| l.contains("listening")) {
-            let field = |name: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(name))
-                    .map(str::to_owned)
-            };
-            public = field("public=");
-            admin = field("admin=");
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Server {
-        child,
-        public: public.expect("public address logged"),
-        admin: admin.expect("admin address logged"),
-        output,
-        readers,
-    }
 }
 
 fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -205,7 +135,20 @@ fn json_body(epoch: u64, fps: &[[u8; 8]]) -> Vec<u8> {
 async fn no_trace_of_a_query_is_kept_anywhere() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = start(&data);
+    let server = start_server_with_env(
+        &data,
+        &[
+            "--max-batch",
+            "1000",
+            "--rate-limit-burst",
+            "2000",
+            "--rate-limit-refill-per-day",
+            "1",
+            "--log",
+            "trace",
+        ],
+        &[("RUST_LOG", "trace")],
+    );
     let client = reqwest::Client::new();
 
     // Some registered numbers, so that some uploaded fingerprints match.
@@ -218,12 +161,7 @@ async fn no_trace_of_a_query_is_kept_anywhere() {
         .await
         .unwrap();
     assert_eq!(added.status(), 200);
-    let token = Command::new(BIN)
-        .args(["credential", "--user", "retention-probe", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let credential = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let credential = credential(&data, "retention-probe");
 
     let epoch: serde_json::Value = client
         .get(format!("http://{}/v1/epoch", server.public))
@@ -377,16 +315,9 @@ async fn no_trace_of_a_query_is_kept_anywhere() {
     let after_queries = files_under(&data);
 
     // Stop gracefully and collect every byte the process wrote.
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(server.child.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    assert!(server.child.wait().unwrap().success());
-    for reader in server.readers.drain(..) {
-        reader.join().unwrap();
-    }
-    let logs = server.output.lock().unwrap().clone();
+    server.sigterm();
+    let (status, logs) = server.wait_with_output();
+    assert!(status.success(), "{status}");
     let files = files_under(dir.path());
 
     // The searches can fail: they find the fingerprints where they are known to be.

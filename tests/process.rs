@@ -1,83 +1,15 @@
 //! The real binary as a child process: kill -9 durability, SIGTERM, core dumps, registry CLI.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rand::Rng;
 
-const BIN: &str = env!("CARGO_BIN_EXE_contact-discovery");
-const ADMIN_TOKEN: &str = "process-test-admin-token";
-
-/// A server child process and its bound addresses (read from its "listening" log line).
-struct Server {
-    child: Child,
-    public: String,
-    admin: String,
-    /// Every line the child has written to stderr so far (its log).
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    _stderr: std::thread::JoinHandle<()>,
-}
-
-fn start_server(data_dir: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--admin-token", ADMIN_TOKEN])
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("server starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let lines = std::sync::Arc::clone(&log);
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            lines.lock().unwrap().push(line.clone());
-            if line.contains("listening") {
-                let field = |name: &str| {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix(name))
-                        .map(str::to_owned)
-                };
-                let _ = tx.send((field("public="), field("admin=")));
-            }
-        }
-    });
-    let (public, admin) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server logs its addresses");
-    Server {
-        child,
-        public: public.unwrap(),
-        admin: admin.unwrap(),
-        log,
-        _stderr: reader,
-    }
-}
-
-impl Server {
-    fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
+use common::{ADMIN_TOKEN, BIN, Server, export, start_server};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -100,24 +32,6 @@ async fn post_change(
         .await
         .ok()?;
     Some(response.status().as_u16())
-}
-
-fn export(data_dir: &Path) -> Vec<String> {
-    let out = Command::new(BIN)
-        .args(["registry", "export", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 /// A number's state in the registry, as `registry export` prints it.
@@ -332,9 +246,7 @@ async fn corrupt_log_tail_is_truncated_on_start_with_a_warning() {
     let clean = std::fs::read(&log_path).unwrap();
     let truncation_warned = |server: &Server| {
         server
-            .log
-            .lock()
-            .unwrap()
+            .log_lines()
             .iter()
             .any(|l| l.contains("WARN") && l.contains("truncating to the last good record"))
     };
@@ -344,11 +256,7 @@ async fn corrupt_log_tail_is_truncated_on_start_with_a_warning() {
     appended.extend_from_slice(&[0x17, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
     std::fs::write(&log_path, &appended).unwrap();
     let server = start_server(dir.path(), &[]);
-    assert!(
-        truncation_warned(&server),
-        "{:?}",
-        server.log.lock().unwrap()
-    );
+    assert!(truncation_warned(&server), "{:?}", server.log_lines());
     server.kill9();
     assert_eq!(
         std::fs::read(&log_path).unwrap(),
@@ -363,11 +271,7 @@ async fn corrupt_log_tail_is_truncated_on_start_with_a_warning() {
     flipped[last] ^= 0x40;
     std::fs::write(&log_path, &flipped).unwrap();
     let server = start_server(dir.path(), &[]);
-    assert!(
-        truncation_warned(&server),
-        "{:?}",
-        server.log.lock().unwrap()
-    );
+    assert!(truncation_warned(&server), "{:?}", server.log_lines());
     let status = post_change(&client, &server.admin, &["+15550000004".to_owned()], &[]).await;
     assert_eq!(status, Some(200), "writes continue after a truncation");
     server.kill9();

@@ -19,10 +19,18 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(user) = UserId::parse(text) {
         let token = key.mint(&user, NOW + 60);
-        let credential = key.verify(&token, NOW, MAX_TTL).expect("a fresh credential verifies");
+        let credential = key
+            .verify(&token, NOW, MAX_TTL)
+            .expect("a fresh credential verifies");
         assert_eq!(credential.user, user);
-        assert!(key.verify(&token, NOW + 60, MAX_TTL).is_err(), "expired at its expiry");
+        assert!(
+            key.verify(&token, NOW + 60, MAX_TTL).is_err(),
+            "expired at its expiry"
+        );
         let other = CredentialKey::from_bytes([0x43; 32]);
-        assert!(other.verify(&token, NOW, MAX_TTL).is_err(), "another key refuses it");
+        assert!(
+            other.verify(&token, NOW, MAX_TTL).is_err(),
+            "another key refuses it"
+        );
     }
 });

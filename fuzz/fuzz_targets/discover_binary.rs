@@ -10,6 +10,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(request) = codec::decode(Format::Binary, data, MAX_BATCH) {
         assert!(request.fingerprints.len() <= MAX_BATCH);
         let again = codec::encode_request(Format::Binary, request.epoch, &request.fingerprints);
-        assert_eq!(again, data, "binary decoding is not the inverse of encoding");
+        assert_eq!(
+            again, data,
+            "binary decoding is not the inverse of encoding"
+        );
     }
 });

@@ -9,7 +9,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(number) = E164::parse(text) {
-        assert_eq!(number.to_string(), text, "only the canonical form is accepted");
+        assert_eq!(
+            number.to_string(),
+            text,
+            "only the canonical form is accepted"
+        );
         assert_eq!(E164::from_u64(number.get()), Ok(number));
     }
 });

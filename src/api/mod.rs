@@ -49,6 +49,8 @@ pub struct AppState {
     pub max_batch: usize,
     /// When the process started.
     pub started: Instant,
+    /// Whether access logs carry the client's truncated address.
+    pub log_client_ip: bool,
     /// Longest time a request body may take to arrive.
     pub body_read_timeout: std::time::Duration,
     /// Slots for public requests in flight; a request that finds none is shed with 503.
@@ -78,6 +80,16 @@ pub async fn observe(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // Read before the request moves on; kept only if the operator asked for it.
+    let client_ip = state
+        .log_client_ip
+        .then(|| {
+            request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip())
+        })
+        .flatten();
     let mut response = next.run(request).await;
     response
         .headers_mut()
@@ -98,6 +110,7 @@ pub async fn observe(
         status = status,
         micros = started.elapsed().as_micros() as u64,
         batch = batch,
+        client = crate::log_safe::ClientNetwork(client_ip),
     );
     response
 }

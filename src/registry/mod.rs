@@ -167,38 +167,71 @@ impl State {
             return;
         }
         let base = Arc::make_mut(&mut self.base);
-        // Every changed number loses its old entry; positions are found before any is marked,
-        // so the binary searches run on a sorted vector.
-        let stale: Vec<usize> = self
-            .overlay
-            .keys()
-            .filter_map(|&number| base_position(base, number))
-            .collect();
-        if !stale.is_empty() {
-            for at in stale {
-                base[at] = TOMBSTONE;
-            }
-            base.retain(|e| *e != TOMBSTONE);
-        }
+        remove_numbers(base, self.overlay.keys().copied());
         let mut added: Vec<u64> = self.overlay.values().flatten().copied().collect();
         self.overlay.clear();
-        if added.is_empty() {
-            return;
+        added.sort_unstable();
+        merge_sorted(base, &added);
+    }
+
+    /// Sets many numbers at once (bulk import), the last entry for a number winning; linear
+    /// in the registry plus n log n in the entries, with no per-entry overlay node.
+    fn set_many(&mut self, entries: &[(E164, Visibility)]) {
+        self.fold();
+        let mut incoming: Vec<(u64, u64)> = entries
+            .iter()
+            .map(|&(n, v)| (n.get(), entry_of(n, v)))
+            .collect();
+        // Stable, so among equal numbers the input order survives and the last one is kept.
+        incoming.sort_by_key(|(number, _)| *number);
+        let mut added: Vec<u64> = Vec::with_capacity(incoming.len());
+        for (i, &(number, entry)) in incoming.iter().enumerate() {
+            if incoming.get(i + 1).is_none_or(|next| next.0 != number) {
+                added.push(entry);
+            }
+        }
+        drop(incoming);
+        let base = Arc::make_mut(&mut self.base);
+        if !base.is_empty() {
+            remove_numbers(base, added.iter().map(|e| e & !HIDDEN_BIT));
         }
         added.sort_unstable();
-        // Merge from the back so each element moves once and no second vector is needed.
-        let (mut i, mut j) = (base.len(), added.len());
-        base.resize(i + j, 0);
-        let mut w = base.len();
-        while j > 0 {
-            w -= 1;
-            if i > 0 && base[i - 1] > added[j - 1] {
-                base[w] = base[i - 1];
-                i -= 1;
-            } else {
-                base[w] = added[j - 1];
-                j -= 1;
-            }
+        merge_sorted(base, &added);
+        *self = Self::from_sorted(std::mem::take(base));
+    }
+}
+
+/// Removes every entry (either visibility) of `numbers` from a sorted vector. Positions are
+/// found before any is marked, so the binary searches run on a sorted vector.
+fn remove_numbers(base: &mut Vec<u64>, numbers: impl Iterator<Item = u64>) {
+    let stale: Vec<usize> = numbers
+        .filter_map(|number| base_position(base, number))
+        .collect();
+    if !stale.is_empty() {
+        for at in stale {
+            base[at] = TOMBSTONE;
+        }
+        base.retain(|e| *e != TOMBSTONE);
+    }
+}
+
+/// Merges sorted `added` into sorted `base` in place, from the back, so each element moves once
+/// and no second vector is needed.
+fn merge_sorted(base: &mut Vec<u64>, added: &[u64]) {
+    if added.is_empty() {
+        return;
+    }
+    let (mut i, mut j) = (base.len(), added.len());
+    base.resize(i + j, 0);
+    let mut w = base.len();
+    while j > 0 {
+        w -= 1;
+        if i > 0 && base[i - 1] > added[j - 1] {
+            base[w] = base[i - 1];
+            i -= 1;
+        } else {
+            base[w] = added[j - 1];
+            j -= 1;
         }
     }
 }
@@ -412,7 +445,10 @@ impl Registry {
         if log.len > self.compact_bytes
             && let Err(err) = self.compact_locked(&mut log)
         {
-            crate::safe_warn!("registry compaction failed; the log keeps growing", error = err);
+            crate::safe_warn!(
+                "registry compaction failed; the log keeps growing",
+                error = err
+            );
         }
         drop(log);
         self.changed.notify_one();
@@ -427,10 +463,7 @@ impl Registry {
             return Err(RegistryError::Poisoned);
         }
         let mut merged = self.state.read().clone();
-        for &(number, visibility) in entries {
-            merged.set(number, Some(visibility));
-        }
-        merged.fold();
+        merged.set_many(entries);
         write_snapshot(&self.dir, &merged.base)?;
         reset_log(&self.dir, &mut log)?;
         *self.state.write() = merged;
@@ -857,6 +890,30 @@ mod state_tests {
     }
 
     #[test]
+    fn bulk_import_replaces_existing_and_the_last_duplicate_wins() {
+        let mut state = State::default();
+        state.apply(&[Op::Add(number(1)), Op::Hide(number(2)), Op::Add(number(3))]);
+        state.set_many(&[
+            (number(2), Visibility::Discoverable),
+            (number(4), Visibility::Discoverable),
+            (number(4), Visibility::Hidden),
+            (number(1), Visibility::Hidden),
+        ]);
+        assert_eq!(state.get(number(1)), Some(Visibility::Hidden));
+        assert_eq!(state.get(number(2)), Some(Visibility::Discoverable));
+        assert_eq!(state.get(number(3)), Some(Visibility::Discoverable));
+        assert_eq!(state.get(number(4)), Some(Visibility::Hidden));
+        assert_eq!(
+            state.counts,
+            Counts {
+                discoverable: 2,
+                hidden: 2
+            }
+        );
+        assert!(state.base.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
     fn fold_copies_only_when_a_build_holds_the_vector() {
         let mut state = State::default();
         state.apply(&[Op::Add(number(1)), Op::Hide(number(2))]);
@@ -892,7 +949,11 @@ mod state_tests {
     #[test]
     fn unsorted_snapshot_is_accepted_and_sorted() {
         let dir = tempfile::tempdir().unwrap();
-        let entries = [number(5).get(), number(2).get() | HIDDEN_BIT, number(1).get()];
+        let entries = [
+            number(5).get(),
+            number(2).get() | HIDDEN_BIT,
+            number(1).get(),
+        ];
         let mut body = Vec::new();
         body.extend_from_slice(SNAPSHOT_MAGIC);
         body.extend_from_slice(&3u64.to_le_bytes());

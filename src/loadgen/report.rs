@@ -1,0 +1,187 @@
+//! The end-of-run report of `loadgen`: text for people, JSON for scripts.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use super::LoadgenArgs;
+
+/// Everything a run measured.
+pub(super) struct Inputs {
+    pub args: LoadgenArgs,
+    pub scheduled: u64,
+    pub late: u64,
+    pub sending: Duration,
+    pub elapsed: Duration,
+    pub latency: Histogram<u64>,
+    pub statuses: BTreeMap<u16, u64>,
+    pub fingerprints_answered: u64,
+    pub expected_hits: u64,
+    pub matches: u64,
+    pub server_cpu_seconds: Option<f64>,
+    pub timeline: Vec<Histogram<u64>>,
+}
+
+/// The summary of a load run.
+pub struct Report {
+    json: serde_json::Value,
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1_000.0
+}
+
+impl Report {
+    pub(super) fn new(i: Inputs) -> Self {
+        let completed: u64 = i.statuses.values().sum();
+        let ok = i.statuses.get(&200).copied().unwrap_or(0);
+        let secs = i.sending.as_secs_f64().max(1e-9);
+        let percentiles: BTreeMap<&str, f64> =
+            [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)]
+                .into_iter()
+                .map(|(name, q)| (name, ms(i.latency.value_at_quantile(q / 100.0))))
+                .chain([("max", ms(i.latency.max()))])
+                .collect();
+        let statuses: BTreeMap<String, u64> = i
+            .statuses
+            .iter()
+            .map(|(s, c)| {
+                let name = if *s == 0 {
+                    "transport_error".to_owned()
+                } else {
+                    s.to_string()
+                };
+                (name, *c)
+            })
+            .collect();
+        let timeline: Vec<_> = i
+            .timeline
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.len() > 0)
+            .map(|(second, h)| {
+                json!({
+                    "second": second,
+                    "requests": h.len(),
+                    "p50_ms": ms(h.value_at_quantile(0.5)),
+                    "p99_ms": ms(h.value_at_quantile(0.99)),
+                    "max_ms": ms(h.max()),
+                })
+            })
+            .collect();
+        let cpu_ns = i.server_cpu_seconds.map(|cpu| {
+            if i.fingerprints_answered == 0 {
+                0.0
+            } else {
+                cpu * 1e9 / i.fingerprints_answered as f64
+            }
+        });
+        let json = json!({
+            "server": i.args.server,
+            "encoding": format!("{:?}", i.args.encoding).to_lowercase(),
+            "batch": format!("{:?}", i.args.batch),
+            "target_rate": i.args.rate,
+            "duration_s": i.args.duration.as_secs_f64(),
+            "scheduled": i.scheduled,
+            "completed": completed,
+            "ok": ok,
+            "errors": completed - ok,
+            "statuses": statuses,
+            "late_starts": i.late,
+            "elapsed_s": i.elapsed.as_secs_f64(),
+            "requests_per_s": ok as f64 / secs,
+            "fingerprints_answered": i.fingerprints_answered,
+            "fingerprints_per_s": i.fingerprints_answered as f64 / secs,
+            "mean_batch": if ok == 0 { 0.0 } else { i.fingerprints_answered as f64 / ok as f64 },
+            "hit_ratio_requested": i.args.hit_ratio,
+            "hit_ratio_sent": ratio(i.expected_hits, i.fingerprints_answered),
+            "hit_ratio_answered": ratio(i.matches, i.fingerprints_answered),
+            "latency_ms": percentiles,
+            "server_cpu_s": i.server_cpu_seconds,
+            "server_cpu_ns_per_fingerprint": cpu_ns,
+            "timeline": timeline,
+        });
+        Self { json }
+    }
+
+    /// Wraps an already assembled JSON report (the Redis comparison).
+    pub(super) fn from_json(json: serde_json::Value) -> Self {
+        Self { json }
+    }
+
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> String {
+        self.json.to_string()
+    }
+
+    /// The report as a few lines of text.
+    pub fn render_text(&self) -> String {
+        let j = &self.json;
+        if j.get("target").is_some() {
+            return serde_json::to_string_pretty(j).unwrap_or_default() + "\n";
+        }
+        let f = |k: &str| j[k].as_f64().unwrap_or(0.0);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} requests of {} scheduled at {:.0}/s for {:.1}s ({} encoding, batch {})",
+            j["completed"],
+            j["scheduled"],
+            f("target_rate"),
+            f("duration_s"),
+            j["encoding"].as_str().unwrap_or(""),
+            j["batch"].as_str().unwrap_or("")
+        );
+        let _ = writeln!(
+            out,
+            "throughput: {:.0} requests/s, {:.0} fingerprints/s (mean batch {:.0})",
+            f("requests_per_s"),
+            f("fingerprints_per_s"),
+            f("mean_batch")
+        );
+        let l = &j["latency_ms"];
+        let _ = writeln!(
+            out,
+            "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            l["p50"].as_f64().unwrap_or(0.0),
+            l["p90"].as_f64().unwrap_or(0.0),
+            l["p99"].as_f64().unwrap_or(0.0),
+            l["p99.9"].as_f64().unwrap_or(0.0),
+            l["max"].as_f64().unwrap_or(0.0)
+        );
+        let _ = writeln!(out, "statuses: {}  errors: {}", j["statuses"], j["errors"]);
+        let _ = writeln!(
+            out,
+            "hit ratio: requested {:.3}, sent {:.3}, answered {:.3}",
+            f("hit_ratio_requested"),
+            f("hit_ratio_sent"),
+            f("hit_ratio_answered")
+        );
+        if let Some(cpu) = j["server_cpu_s"].as_f64() {
+            let _ = writeln!(
+                out,
+                "server CPU: {cpu:.2} s, {:.1} ns per fingerprint",
+                f("server_cpu_ns_per_fingerprint")
+            );
+        }
+        if j["late_starts"].as_u64().unwrap_or(0) > 0 {
+            let _ = writeln!(
+                out,
+                "warning: {} requests started more than 1 ms late (the generator is saturated)",
+                j["late_starts"]
+            );
+        }
+        out
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}

@@ -1,0 +1,169 @@
+//! The real `contact-discovery` binary as a child process, for tests that need a real process:
+//! kill -9, signals, core-dump limits, captured logs.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_contact-discovery");
+/// Admin token every child server runs with.
+pub const ADMIN_TOKEN: &str = "child-process-admin-token";
+
+/// A server child process, its bound addresses and everything it wrote.
+pub struct Server {
+    pub child: Child,
+    pub public: String,
+    pub admin: String,
+    output: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Starts `serve` on port 0 for both listeners with `extra` flags; `RUST_LOG` is cleared.
+pub fn start_server(data_dir: &Path, extra: &[&str]) -> Server {
+    start_server_with_env(data_dir, extra, &[])
+}
+
+/// Like [`start_server`], with environment variables set for the child.
+pub fn start_server_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--admin-token", ADMIN_TOKEN])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("server starts");
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let mut readers = Vec::new();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    for mut pipe in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
+        let output = Arc::clone(&output);
+        readers.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                output.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }));
+    }
+    let started = Instant::now();
+    loop {
+        let text = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+        if let Some(line) = text.lines().find(|l| l.contains("listening")) {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            return Server {
+                child,
+                public: field("public=").expect("public address logged"),
+                admin: field("admin=").expect("admin address logged"),
+                output,
+                readers,
+            };
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("server exited with {status} before listening:\n{text}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "server never listened:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Server {
+    /// SIGKILL, then reap.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.pid()).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+    }
+
+    /// Everything written to stdout and stderr so far, as lines.
+    pub fn log_lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.output.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits for the child to exit and returns its status and every byte it wrote.
+    pub fn wait_with_output(mut self) -> (ExitStatus, Vec<u8>) {
+        let status = self.child.wait().unwrap();
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
+        }
+        let output = self.output.lock().unwrap().clone();
+        (status, output)
+    }
+}
+
+/// `registry export` of `data_dir`, one line per registration.
+pub fn export(data_dir: &Path) -> Vec<String> {
+    let out = Command::new(BIN)
+        .args(["registry", "export", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Mints a credential for `user` with the `credential` command on `data_dir`'s key.
+pub fn credential(data_dir: &Path, user: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["credential", "--user", user, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

@@ -1,0 +1,119 @@
+//! Replays the fuzz seed corpus (`fuzz/corpus/<target>/`) through the same decoders and checks
+//! as the fuzz targets, on stable in every test run: the corpus stays meaningful, and any
+//! crashing input saved there as a regression case is re-checked without cargo-fuzz.
+
+use std::path::Path;
+
+use contact_discovery::api::codec::{self, Format};
+use contact_discovery::client::addressbook::{read_csv, read_vcard};
+use contact_discovery::client::normalise::Normaliser;
+use contact_discovery::domain::{CredentialKey, E164};
+use contact_discovery::registry::Registry;
+use contact_discovery::registry::record::{decode_record, encode_record};
+
+fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+        .collect();
+    assert!(!inputs.is_empty(), "empty corpus for {target}");
+    inputs.sort();
+    inputs
+}
+
+#[test]
+fn discovery_bodies() {
+    let mut accepted = 0;
+    for data in corpus("discover_binary") {
+        if let Ok(request) = codec::decode(Format::Binary, &data, 512) {
+            let again = codec::encode_request(Format::Binary, request.epoch, &request.fingerprints);
+            assert_eq!(again, data);
+            accepted += 1;
+        }
+    }
+    for data in corpus("discover_json") {
+        if let Ok(request) = codec::decode(Format::Json, &data, 512) {
+            let encoded = codec::encode_request(Format::Json, request.epoch, &request.fingerprints);
+            let again = codec::decode(Format::Json, &encoded, 512).unwrap();
+            assert_eq!(*again.fingerprints, *request.fingerprints);
+            accepted += 1;
+        }
+    }
+    assert!(accepted >= 2, "the protocol vectors decode");
+}
+
+#[test]
+fn credentials_and_numbers() {
+    let key = CredentialKey::from_bytes([0x42; 32]);
+    for data in corpus("credential") {
+        if let Ok(text) = std::str::from_utf8(&data)
+            && let Ok(c) = key.verify(text, 1_790_000_000 - 60, 7 * 86_400)
+        {
+            assert_eq!(key.mint(&c.user, c.expiry), text);
+        }
+    }
+    for data in corpus("e164") {
+        if let Ok(number) = std::str::from_utf8(&data)
+            .map(E164::parse)
+            .unwrap_or(Err(contact_discovery::domain::E164Error::Empty))
+        {
+            assert_eq!(number.to_string().as_bytes(), data.as_slice());
+        }
+    }
+    let normaliser = Normaliser::new(Some("DE")).unwrap();
+    for data in corpus("normalise") {
+        if let Ok(number) = normaliser.normalise(&String::from_utf8_lossy(&data)) {
+            assert_eq!(E164::parse(&number.to_string()), Ok(number));
+        }
+    }
+}
+
+#[test]
+fn registry_files() {
+    for data in corpus("registry_record") {
+        if let Ok((ops, used)) = decode_record(&data) {
+            assert_eq!(encode_record(&ops), &data[..used]);
+        }
+    }
+    for data in corpus("registry_open") {
+        let Some((&mode, rest)) = data.split_first() else {
+            continue;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, log) = match mode % 3 {
+            0 => (None, Some(rest)),
+            1 => (Some(rest), None),
+            _ => {
+                let at = rest.first().map_or(0, |&b| usize::from(b)).min(rest.len());
+                (Some(&rest[..at]), Some(&rest[at..]))
+            }
+        };
+        if let Some(bytes) = snapshot {
+            std::fs::write(dir.path().join("registry.snap"), bytes).unwrap();
+        }
+        if let Some(bytes) = log {
+            std::fs::write(dir.path().join("registry.log"), bytes).unwrap();
+        }
+        let Ok((registry, _)) = Registry::open(dir.path()) else {
+            continue;
+        };
+        let first = registry.entries();
+        drop(registry);
+        let (registry, report) = Registry::open(dir.path()).unwrap();
+        assert_eq!(report.truncated_bytes, 0);
+        assert_eq!(registry.entries(), first);
+    }
+}
+
+#[test]
+fn address_books() {
+    for data in corpus("vcard") {
+        let _ = read_vcard(&String::from_utf8_lossy(&data));
+    }
+    for data in corpus("csv") {
+        let _ = read_csv(&data);
+    }
+}
