@@ -166,15 +166,15 @@ pub struct ServeArgs {
     #[arg(long, env = "CONTACT_DISCOVERY_ADMIN_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<SocketAddr>,
-    /// Admin bearer token [default: generated into <data-dir>/admin.token].
+    /// Admin bearer token [default: generated into DATA_DIR/admin.token].
     #[arg(long, env = "CONTACT_DISCOVERY_ADMIN_TOKEN", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
-    /// Credential key file, 64 hex chars [default: generated <data-dir>/credential.key].
+    /// Credential key file, 64 hex chars [default: generated DATA_DIR/credential.key].
     #[arg(long, env = "CONTACT_DISCOVERY_CREDENTIAL_KEY_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_key_file: Option<PathBuf>,
-    /// Server secret file, 64 hex chars [default: generated <data-dir>/server.secret].
+    /// Server secret file, 64 hex chars [default: generated DATA_DIR/server.secret].
     #[arg(long, env = "CONTACT_DISCOVERY_SERVER_SECRET_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_secret_file: Option<PathBuf>,

@@ -39,7 +39,7 @@ enum Command {
         /// Data directory holding credential.key.
         #[arg(long, env = "CONTACT_DISCOVERY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
-        /// Credential key file (overrides <data-dir>/credential.key).
+        /// Credential key file (overrides DATA_DIR/credential.key).
         #[arg(long, env = "CONTACT_DISCOVERY_CREDENTIAL_KEY_FILE")]
         credential_key_file: Option<PathBuf>,
     },

@@ -387,14 +387,15 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
         .map_err(|e| LoadgenError::Invalid(e.to_string()))?;
     let server = args.server.trim_end_matches('/').to_owned();
     let hits = generate::numbers(args.pool.min(args.registry_size).max(1), args.registry_seed);
-    let miss_seed = args.registry_seed.wrapping_add(0x5eed_0f_f00d);
+    let miss_seed = args.registry_seed.wrapping_add(0x5eed_f00d);
     let misses = generate::numbers(args.pool.max(1), miss_seed);
     let reply = fetch_epoch(&client, &server).await?;
     let bodies = Arc::new(RwLock::new(Arc::new(prepare_bodies(
         args, &reply, &hits, &misses,
     )?)));
     if let Some(addr) = &args.redis {
-        let report = run_redis(args, addr, &reply, &bodies.read()).await?;
+        let prepared = Arc::clone(&bodies.read());
+        let report = run_redis(args, addr, &reply, &prepared).await?;
         return Ok(Report::from_json(report));
     }
     let hits = Arc::new(hits);

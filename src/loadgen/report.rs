@@ -61,7 +61,7 @@ impl Report {
             .timeline
             .iter()
             .enumerate()
-            .filter(|(_, h)| h.len() > 0)
+            .filter(|(_, h)| !h.is_empty())
             .map(|(second, h)| {
                 json!({
                     "second": second,

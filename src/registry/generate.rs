@@ -31,7 +31,7 @@ const PLANS: &[Plan] = &[
     Plan {
         country_code: 86,
         weight: 120,
-        prefixes: &[13, 15, 17, 18, 19],
+        prefixes: &[13, 15, 18, 19],
         subscriber_digits: 9,
     },
     Plan {
@@ -79,8 +79,8 @@ const PLANS: &[Plan] = &[
     Plan {
         country_code: 52,
         weight: 35,
-        prefixes: &[155, 181, 331, 552],
-        subscriber_digits: 7,
+        prefixes: &[55, 81, 33],
+        subscriber_digits: 8,
     },
     Plan {
         country_code: 81,
@@ -197,5 +197,19 @@ mod tests {
         let share = |cc: &str| a.iter().filter(|n| n.to_string().starts_with(cc)).count();
         assert!(share("+91") > share("+49"));
         assert!(share("+49") > 0);
+    }
+
+    /// Synthetic numbers must look real to the client's libphonenumber check too, or demos and
+    /// load tests would exercise numbers no client would ever send.
+    #[test]
+    fn every_generated_number_is_accepted_by_the_client_normaliser() {
+        let normaliser = crate::client::normalise::Normaliser::new(None).unwrap();
+        for number in numbers(20_000, 21) {
+            assert_eq!(
+                normaliser.normalise(&number.to_string()),
+                Ok(number),
+                "{number}"
+            );
+        }
     }
 }

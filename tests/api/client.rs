@@ -155,3 +155,46 @@ async fn refusals_carry_the_server_code() {
         other => panic!("unexpected {other}"),
     }
 }
+
+/// The whole `discover` path on an address book file of 25,000 contacts, split into batches.
+#[tokio::test]
+async fn an_address_book_of_25000_contacts_is_discovered_in_batches() {
+    use contact_discovery::commands::{DiscoverArgs, discover};
+
+    let (app, dir) = app_with(|c| c.max_batch = 1_000).await;
+    let numbers = generate::numbers(25_000, 21);
+    let expected = register_half(&app, &numbers).await;
+    // A Google Contacts export, one contact per number.
+    let mut csv = String::from("Name,Phone 1 - Type,Phone 1 - Value\n");
+    for (i, n) in numbers.iter().enumerate() {
+        csv.push_str(&format!("Contact {i},Mobile,{n}\n"));
+    }
+    let path = dir.path().join("big.csv");
+    std::fs::write(&path, csv).unwrap();
+    let report = discover(&DiscoverArgs {
+        server: format!("http://{}", app.public),
+        credential: Some(app.credential("big-book")),
+        contacts: path,
+        region: None,
+        format: Format::Binary,
+        json: true,
+        timeout: Duration::from_secs(30),
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.summary.contacts, 25_000);
+    assert_eq!(report.summary.unique_numbers, 25_000);
+    assert_eq!(report.summary.unparseable, 0);
+    assert_eq!(
+        report.summary.registered,
+        expected.iter().filter(|r| **r).count()
+    );
+    for (contact, registered) in report.contacts.iter().zip(&expected) {
+        assert_eq!(contact.reachable, *registered);
+    }
+    let looked_up = app.state.metrics.fingerprints.get();
+    assert_eq!(
+        looked_up, 25_000,
+        "every number looked up once, in batches of 1,000"
+    );
+}

@@ -1,0 +1,347 @@
+//! `docs/openapi.yaml` against the running server: every documented route and method exists,
+//! every error code documented for a route is one that route produces for a crafted request
+//! (with the status the spec lists for it), and every `ApiError` code appears in the spec.
+
+use std::collections::BTreeSet;
+
+use contact_discovery::api::ApiError;
+use contact_discovery::api::codec::{self, Format};
+use contact_discovery::domain::UserId;
+
+use crate::helpers::{ADMIN_TOKEN, RawResponse, TestApp, fingerprints, raw_http, spawn_app_with};
+
+/// Codes not crafted here because they need the service in a state a request alone cannot
+/// cause; each has its own test.
+const NOT_CRAFTED: &[(&str, &str)] = &[
+    (
+        "not_ready",
+        "tests/api/epochs.rs (requests before the index is built)",
+    ),
+    ("overloaded", "tests/api/limits.rs (in-flight cap)"),
+    (
+        "storage_unavailable",
+        "api::admin and registry unit tests (failing disk)",
+    ),
+];
+
+const REGISTERED: &str = "+4915112345678";
+
+fn spec() -> serde_json::Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml");
+    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// (path, method, listed error codes, documented statuses) for every operation.
+fn operations(spec: &serde_json::Value) -> Vec<(String, String, Vec<String>, Vec<u16>)> {
+    let mut ops = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let codes = op["x-error-codes"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{method} {path} lists x-error-codes"))
+                .iter()
+                .map(|c| c.as_str().unwrap().to_owned())
+                .collect();
+            let statuses = op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|s| s.parse().unwrap())
+                .collect();
+            ops.push((path.clone(), method.to_uppercase(), codes, statuses));
+        }
+    }
+    ops
+}
+
+fn is_admin(path: &str) -> bool {
+    path.starts_with("/admin/") || path == "/metrics"
+}
+
+async fn send(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> RawResponse {
+    let url = if is_admin(path) {
+        app.admin_url(path)
+    } else {
+        app.url(path)
+    };
+    let mut request = app.client.request(method.parse().unwrap(), url).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.bytes().await.unwrap().to_vec())
+}
+
+/// A request to `path` that should succeed (or at least be routed), as documented.
+async fn valid_request(app: &TestApp, method: &str, path: &str) -> RawResponse {
+    let admin = ("authorization", format!("Bearer {ADMIN_TOKEN}"));
+    match path {
+        "/v1/discover" => {
+            let (epoch, salt) = app.epoch().await;
+            let body =
+                codec::encode_request(Format::Binary, epoch, &fingerprints(&salt, &[REGISTERED]));
+            let auth = (
+                "authorization",
+                format!("Bearer {}", app.credential("route-check")),
+            );
+            let ct = ("content-type", Format::Binary.content_type().to_owned());
+            send(app, method, path, &[auth, ct], body).await
+        }
+        "/admin/v1/registrations" => {
+            let ct = ("content-type", "application/json".to_owned());
+            send(app, method, path, &[admin, ct], br#"{"add":[]}"#.to_vec()).await
+        }
+        _ => send(app, method, path, &[admin], Vec::new()).await,
+    }
+}
+
+/// A request to `method path` that should fail with `code`, or `None` if not crafted here.
+async fn crafted(app: &TestApp, method: &str, path: &str, code: &str) -> Option<RawResponse> {
+    let admin = || ("authorization", format!("Bearer {ADMIN_TOKEN}"));
+    let json = || ("content-type", "application/json".to_owned());
+    let binary = || ("content-type", "application/octet-stream".to_owned());
+    // Each crafted discovery request has its own user, so the rate limit of one never touches
+    // another.
+    let user = |name: &str| ("authorization", format!("Bearer {}", app.credential(name)));
+    let (epoch, salt) = app.epoch().await;
+    let good = |n: usize| {
+        codec::encode_request(
+            Format::Binary,
+            epoch,
+            &fingerprints(&salt, &vec![REGISTERED; n]),
+        )
+    };
+    let response = match (path, code) {
+        (_, "method_not_allowed") => {
+            let wrong = if method == "GET" { "PUT" } else { "GET" };
+            send(app, wrong, path, &[admin()], Vec::new()).await
+        }
+        (_, "internal") if cfg!(feature = "test-hooks") => {
+            let hook = ("x-test-panic", "1".to_owned());
+            send(app, method, path, &[user("panic"), binary(), hook], good(1)).await
+        }
+        (_, "body_timeout") => {
+            let auth = if is_admin(path) {
+                format!("Bearer {ADMIN_TOKEN}")
+            } else {
+                format!("Bearer {}", app.credential("slow"))
+            };
+            let content_type = if is_admin(path) {
+                "application/json"
+            } else {
+                "application/octet-stream"
+            };
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\n\
+                 Content-Type: {content_type}\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{{"
+            );
+            // 40 bytes announced (under the discovery limit of 8 + 8 × (max_batch + 1)), one sent.
+            let addr = if is_admin(path) {
+                app.admin
+            } else {
+                app.public
+            };
+            let (status, _, body) = raw_http(addr, request.as_bytes()).await;
+            (status, Default::default(), body)
+        }
+        ("/v1/discover", "malformed_body") => {
+            send(
+                app,
+                method,
+                path,
+                &[user("m"), json()],
+                b"not json".to_vec(),
+            )
+            .await
+        }
+        ("/v1/discover", "missing_credential") => {
+            send(app, method, path, &[binary()], good(1)).await
+        }
+        ("/v1/discover", "invalid_credential") => {
+            let forged = ("authorization", "Bearer alice.1.AAAA".to_owned());
+            send(app, method, path, &[forged, binary()], good(1)).await
+        }
+        ("/v1/discover", "expired_credential") => {
+            let past = app.clock.now_secs() - 10;
+            let token = app
+                .credential_key
+                .mint(&UserId::parse("late").unwrap(), past);
+            let auth = ("authorization", format!("Bearer {token}"));
+            send(app, method, path, &[auth, binary()], good(1)).await
+        }
+        ("/v1/discover", "epoch_unavailable") => {
+            let body =
+                codec::encode_request(Format::Binary, 5, &fingerprints(&salt, &[REGISTERED]));
+            send(app, method, path, &[user("old"), binary()], body).await
+        }
+        ("/v1/discover", "batch_too_large") => {
+            let n = app.config.max_batch + 1;
+            send(app, method, path, &[user("big"), binary()], good(n)).await
+        }
+        ("/v1/discover", "body_too_large") => {
+            let n = app.config.max_batch * 3;
+            send(app, method, path, &[user("huge"), binary()], good(n)).await
+        }
+        ("/v1/discover", "unsupported_content_type") => {
+            let text = ("content-type", "text/plain".to_owned());
+            send(app, method, path, &[user("t"), text], good(1)).await
+        }
+        ("/v1/discover", "invalid_fingerprint_length") => {
+            let mut body = good(1);
+            body.truncate(13);
+            send(app, method, path, &[user("short"), binary()], body).await
+        }
+        ("/v1/discover", "rate_limited") => {
+            let n = app.config.max_batch;
+            let mut last = None;
+            for _ in 0..=(app.config.rate_limit_burst as usize / n) {
+                last = Some(send(app, method, path, &[user("greedy"), binary()], good(n)).await);
+            }
+            last.unwrap()
+        }
+        ("/admin/v1/registrations" | "/admin/v1/stats", "invalid_admin_token") => {
+            let wrong = ("authorization", "Bearer wrong-token-wrong-token".to_owned());
+            send(
+                app,
+                method,
+                path,
+                &[wrong, json()],
+                br#"{"add":[]}"#.to_vec(),
+            )
+            .await
+        }
+        ("/admin/v1/registrations", "unsupported_content_type") => {
+            let text = ("content-type", "text/plain".to_owned());
+            send(
+                app,
+                method,
+                path,
+                &[admin(), text],
+                br#"{"add":[]}"#.to_vec(),
+            )
+            .await
+        }
+        ("/admin/v1/registrations", "malformed_body") => {
+            send(
+                app,
+                method,
+                path,
+                &[admin(), json()],
+                b"{\"add\": 5}".to_vec(),
+            )
+            .await
+        }
+        ("/admin/v1/registrations", "body_too_large") => {
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 1000000000\r\n\
+                 Connection: close\r\n\r\n"
+            );
+            let (status, _, body) = raw_http(app.admin, request.as_bytes()).await;
+            (status, Default::default(), body)
+        }
+        ("/admin/v1/registrations", "invalid_numbers") => {
+            let body = br#"{"add":["12345"]}"#.to_vec();
+            send(app, method, path, &[admin(), json()], body).await
+        }
+        ("/admin/v1/registrations", "conflicting_changes") => {
+            let body = format!(r#"{{"add":["{REGISTERED}"],"remove":["{REGISTERED}"]}}"#);
+            send(app, method, path, &[admin(), json()], body.into_bytes()).await
+        }
+        _ => return None,
+    };
+    Some(response)
+}
+
+#[tokio::test]
+async fn every_documented_route_exists_and_produces_its_documented_error_codes() {
+    let app = spawn_app_with(|c| {
+        c.max_batch = 4;
+        c.rate_limit_burst = 8;
+        c.body_read_timeout_ms = 300;
+    })
+    .await;
+    app.change(&[REGISTERED], &[], &[]).await;
+    let spec = spec();
+    let ops = operations(&spec);
+    assert!(ops.len() >= 7, "{} operations", ops.len());
+    let mut not_crafted = BTreeSet::new();
+    for (path, method, codes, statuses) in &ops {
+        let (status, _, body) = valid_request(&app, method, path).await;
+        assert!(
+            status == 200,
+            "{method} {path}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        for code in codes {
+            assert!(
+                ApiError::CODES.contains(&code.as_str()),
+                "{code} is not an ApiError code"
+            );
+            let Some((status, _, body)) = crafted(&app, method, path, code).await else {
+                let covered = NOT_CRAFTED.iter().any(|(c, _)| c == code)
+                    || (code == "internal" && !cfg!(feature = "test-hooks"));
+                assert!(covered, "{method} {path}: no crafted request for {code}");
+                not_crafted.insert(code.clone());
+                continue;
+            };
+            let error: serde_json::Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| panic!("{method} {path} {code}: not JSON ({status})"));
+            assert_eq!(error["code"], code.as_str(), "{method} {path}: {error}");
+            assert!(
+                statuses.contains(&status),
+                "{method} {path}: {code} came with {status}, not documented for the route"
+            );
+        }
+    }
+    // Every uncrafted code is in fact listed somewhere (the list above must not go stale).
+    for (code, _) in NOT_CRAFTED {
+        assert!(
+            not_crafted.contains(*code),
+            "{code} is not listed in the spec any more"
+        );
+    }
+    // Unrouted paths on both listeners.
+    let not_found = spec["x-unrouted-error-codes"]["not_found"].as_u64();
+    assert_eq!(not_found, Some(404));
+    for url in [app.url("/no/such/route"), app.admin_url("/no/such/route")] {
+        let response = app.client.get(url).send().await.unwrap();
+        assert_eq!(response.status(), 404);
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["code"], "not_found");
+    }
+    app.stop().await;
+}
+
+#[test]
+fn every_api_error_code_is_in_the_spec() {
+    let spec = spec();
+    let mut documented: BTreeSet<String> = operations(&spec)
+        .into_iter()
+        .flat_map(|(_, _, codes, _)| codes)
+        .collect();
+    documented.extend(
+        spec["x-unrouted-error-codes"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned(),
+    );
+    let enum_codes: BTreeSet<String> = spec["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    let all: BTreeSet<String> = ApiError::CODES.iter().map(|c| c.to_string()).collect();
+    assert_eq!(documented, all, "codes on routes vs ApiError::CODES");
+    assert_eq!(enum_codes, all, "ErrorCode enum vs ApiError::CODES");
+}
