@@ -14,6 +14,8 @@ BATCH=${BATCH:-1000}
 CONNS=${CONNS:-8}
 DURATION=${DURATION:-15s}
 RUNS=${RUNS:-3}
+# Set RESULTS=dir to keep every run's JSON report there.
+RESULTS=${RESULTS:-}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 command -v redis-server >/dev/null || {
@@ -27,6 +29,10 @@ WORK=$(mktemp -d)
 SERVER=""
 REDIS=""
 cleanup() {
+	if [ -n "$RESULTS" ]; then
+		mkdir -p "$RESULTS"
+		cp "$WORK"/*.json "$WORK"/*.txt "$WORK"/uptime-* "$RESULTS"/ 2>/dev/null || true
+	fi
 	[ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null
 	[ -n "$REDIS" ] && kill "$REDIS" 2>/dev/null && wait "$REDIS" 2>/dev/null
 	rm -rf "$WORK"
@@ -57,13 +63,13 @@ done
 curl -fsS "http://127.0.0.1:$PUBLIC/readyz" >/dev/null
 
 common=(--server "http://127.0.0.1:$PUBLIC" --data-dir "$WORK/data" --registry-size "$USERS"
-	--batch "$BATCH" --duration "$DURATION" --max-in-flight "$CONNS" --users 1000 --json)
+	--batch "$BATCH" --duration "$DURATION" --users 1000 --json)
 uptime >"$WORK/uptime-before"
 for run in $(seq "$RUNS"); do
 	echo "== run $run/$RUNS" >&2
-	"$BIN" loadgen "${common[@]}" --closed --encoding binary --server-pid "$SERVER" >"$WORK/binary-$run.json"
-	"$BIN" loadgen "${common[@]}" --closed --encoding json --server-pid "$SERVER" >"$WORK/json-$run.json"
-	"$BIN" loadgen "${common[@]}" --redis "127.0.0.1:$REDIS_PORT" --server-pid "$REDIS" >"$WORK/redis-$run.json"
+	"$BIN" loadgen "${common[@]}" --closed --max-in-flight "$CONNS" --encoding binary --server-pid "$SERVER" >"$WORK/binary-$run.json"
+	"$BIN" loadgen "${common[@]}" --closed --max-in-flight "$CONNS" --encoding json --server-pid "$SERVER" >"$WORK/json-$run.json"
+	"$BIN" loadgen "${common[@]}" --redis "127.0.0.1:$REDIS_PORT" --max-in-flight "$CONNS" --server-pid "$REDIS" >"$WORK/redis-$run.json"
 done
 # p99 at 70 % of the measured maximum (binary), open loop.
 MAX_RPS=$(python3 -c "import json,statistics,sys; print(statistics.median(json.load(open(f'$WORK/binary-{r}.json'))['requests_per_s'] for r in range(1,$RUNS+1)))")

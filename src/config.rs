@@ -50,6 +50,9 @@ pub struct Config {
     pub mlock: bool,
     /// Log the client's address in access logs, truncated to /24 (IPv4) or /48 (IPv6).
     pub log_client_ip: bool,
+    /// `/readyz` stays false while fewer numbers are registered (a replica started on an empty
+    /// data directory must not take traffic and answer "not registered" for everyone).
+    pub ready_min_registrations: u64,
     /// Log filter (`RUST_LOG` syntax), e.g. `info` or `contact_discovery=debug`.
     pub log: String,
     /// A connection must deliver a complete request head within this many milliseconds of
@@ -83,6 +86,7 @@ impl Default for Config {
             demo: false,
             mlock: false,
             log_client_ip: false,
+            ready_min_registrations: 0,
             log: "info".to_owned(),
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
@@ -117,6 +121,7 @@ impl std::fmt::Debug for Config {
             .field("demo", &self.demo)
             .field("mlock", &self.mlock)
             .field("log_client_ip", &self.log_client_ip)
+            .field("ready_min_registrations", &self.ready_min_registrations)
             .field("log", &self.log)
             .field("header_read_timeout_ms", &self.header_read_timeout_ms)
             .field("body_read_timeout_ms", &self.body_read_timeout_ms)
@@ -222,6 +227,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CONTACT_DISCOVERY_LOG_CLIENT_IP", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_client_ip: Option<bool>,
+    /// Not ready while fewer numbers are registered, so an empty replica takes no traffic [default: 0].
+    #[arg(long, env = "CONTACT_DISCOVERY_READY_MIN_REGISTRATIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_min_registrations: Option<u64>,
     /// Log filter, RUST_LOG syntax [default: info].
     #[arg(long, env = "CONTACT_DISCOVERY_LOG")]
     #[serde(skip_serializing_if = "Option::is_none")]

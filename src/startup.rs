@@ -164,6 +164,7 @@ impl Application {
             max_batch: config.max_batch,
             started: Instant::now(),
             log_client_ip: config.log_client_ip,
+            ready_min_registrations: config.ready_min_registrations,
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
         });

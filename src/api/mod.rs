@@ -51,6 +51,8 @@ pub struct AppState {
     pub started: Instant,
     /// Whether access logs carry the client's truncated address.
     pub log_client_ip: bool,
+    /// `/readyz` is false while fewer numbers are registered.
+    pub ready_min_registrations: u64,
     /// Longest time a request body may take to arrive.
     pub body_read_timeout: std::time::Duration,
     /// Slots for public requests in flight; a request that finds none is shed with 503.

@@ -114,9 +114,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: 200 once the current epoch's index is built, else 503.
+/// `GET /readyz`: 200 once the current epoch's index is built and the registry holds at least
+/// `ready_min_registrations` numbers, else 503.
 pub async fn readyz(State(state): State<SharedState>) -> Response {
-    if state.indexes.is_ready(state.clock.now_secs()) {
+    let counts = state.registry.counts();
+    let registry_loaded = counts.discoverable + counts.hidden >= state.ready_min_registrations;
+    if registry_loaded && state.indexes.is_ready(state.clock.now_secs()) {
         (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
     } else {
         ApiError::NotReady.into_response()

@@ -266,3 +266,20 @@ async fn health_and_readiness_answer_on_both_listeners() {
     }
     app.stop().await;
 }
+
+/// A replica started on an empty data directory stays unready until it has been fed, so it never
+/// takes traffic only to answer "not registered" for everyone.
+#[tokio::test]
+async fn readiness_waits_for_the_minimum_registry_size() {
+    let app = crate::helpers::spawn_app_with(|c| c.ready_min_registrations = 2).await;
+    let ready = |app: &crate::helpers::TestApp| {
+        let url = app.url("/readyz");
+        let client = app.client.clone();
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready(&app).await, 503);
+    app.change(&["+4915112345678"], &[], &[]).await;
+    assert_eq!(ready(&app).await, 503);
+    app.change(&[], &[], &["+15555550123"]).await;
+    assert_eq!(ready(&app).await, 200);
+}
