@@ -74,7 +74,7 @@ pub struct LoadgenArgs {
     /// Data directory holding credential.key.
     #[arg(long, env = "CONTACT_DISCOVERY_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// Credential key file (overrides <data-dir>/credential.key).
+    /// Credential key file (overrides DATA_DIR/credential.key).
     #[arg(long)]
     pub credential_key_file: Option<PathBuf>,
     /// Most requests in flight; later ones wait, and the wait counts as latency.
@@ -87,7 +87,7 @@ pub struct LoadgenArgs {
     /// Worker threads of the generator.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Read the server's CPU time from /proc/<pid>/stat and report CPU per fingerprint.
+    /// Read the server's CPU time from /proc/PID/stat and report CPU per fingerprint.
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Print the report as JSON.
@@ -545,6 +545,7 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
     progress.finish_and_clear();
     let cpu_after = args.server_pid.and_then(process_cpu_seconds);
 
+    let final_epoch = bodies.read().epoch;
     let latency = tally.latency.lock().clone();
     let statuses = tally.statuses.lock().clone();
     let timeline = tally.timeline.lock().clone();
@@ -561,6 +562,8 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
         matches: tally.matches.load(Ordering::Relaxed),
         server_cpu_seconds: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
         timeline,
+        first_epoch: reply.epoch,
+        final_epoch,
     }))
 }
 

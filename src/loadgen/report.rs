@@ -23,6 +23,8 @@ pub(super) struct Inputs {
     pub matches: u64,
     pub server_cpu_seconds: Option<f64>,
     pub timeline: Vec<Histogram<u64>>,
+    pub first_epoch: u64,
+    pub final_epoch: u64,
 }
 
 /// The summary of a load run.
@@ -102,6 +104,8 @@ impl Report {
             "latency_ms": percentiles,
             "server_cpu_s": i.server_cpu_seconds,
             "server_cpu_ns_per_fingerprint": cpu_ns,
+            "first_epoch": i.first_epoch,
+            "final_epoch": i.final_epoch,
             "timeline": timeline,
         });
         Self { json }
@@ -110,6 +114,11 @@ impl Report {
     /// Wraps an already assembled JSON report (the Redis comparison).
     pub(super) fn from_json(json: serde_json::Value) -> Self {
         Self { json }
+    }
+
+    /// The report's fields (see `to_json`).
+    pub fn as_json(&self) -> &serde_json::Value {
+        &self.json
     }
 
     /// The report as one JSON object.

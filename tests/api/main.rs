@@ -8,6 +8,7 @@ mod epochs;
 mod errors;
 mod helpers;
 mod limits;
+mod loadgen;
 mod openapi;
 mod ratelimit;
 mod restart;
