@@ -245,12 +245,21 @@ pub fn discover_and_print(args: &DiscoverArgs) -> Result<(), CommandError> {
         .build()
         .map_err(io("starting the async runtime"))?;
     let report = runtime.block_on(discover(args))?;
-    if args.json {
-        let text = serde_json::to_string_pretty(&report)
+    print_report(args.json, &report, || report.render_text())
+}
+
+/// Prints `report` as pretty JSON, or as the text `render` makes.
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    render: impl FnOnce() -> String,
+) -> Result<(), CommandError> {
+    if json {
+        let text = serde_json::to_string_pretty(report)
             .map_err(|e| CommandError::Refused(e.to_string()))?;
         println!("{text}");
     } else {
-        print!("{}", report.render_text());
+        print!("{}", render());
     }
     Ok(())
 }
@@ -263,14 +272,7 @@ pub fn audit(
     json: bool,
 ) -> Result<(), CommandError> {
     let report = crate::audit::run(seconds, burst, refill_per_day);
-    if json {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| CommandError::Refused(e.to_string()))?;
-        println!("{text}");
-    } else {
-        print!("{}", report.render_text());
-    }
-    Ok(())
+    print_report(json, &report, || report.render_text())
 }
 
 /// `loadgen`: open-loop load against a running service; prints the report.
