@@ -163,14 +163,7 @@ async fn no_trace_of_a_query_is_kept_anywhere() {
     assert_eq!(added.status(), 200);
     let credential = credential(&data, "retention-probe");
 
-    let epoch: serde_json::Value = client
-        .get(format!("http://{}/v1/epoch", server.public))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let epoch = server.epoch(&client).await;
     let current = epoch["epoch"].as_u64().unwrap();
     let salt_bytes: [u8; 32] = URL_SAFE_NO_PAD
         .decode(epoch["salt"].as_str().unwrap())

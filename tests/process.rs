@@ -315,14 +315,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
     let registered = "+4915112345678";
     let status = post_change(&client, &server.admin, &[registered.to_owned()], &[]).await;
     assert_eq!(status, Some(200));
-    let epoch: serde_json::Value = client
-        .get(format!("http://{}/v1/epoch", server.public))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let epoch = server.epoch(&client).await;
     let salt = {
         use base64::Engine;
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -448,14 +441,7 @@ async fn generated_keys_are_mode_0600_and_the_cli_credential_is_accepted() {
     let client = client();
     let mut body = 0u64.to_be_bytes().to_vec();
     body.extend_from_slice(&[0u8; 8]);
-    let epoch: serde_json::Value = client
-        .get(format!("http://{}/v1/epoch", server.public))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let epoch = server.epoch(&client).await;
     body[..8].copy_from_slice(&epoch["epoch"].as_u64().unwrap().to_be_bytes());
     let send = |token: String, body: Vec<u8>| {
         client

@@ -106,6 +106,18 @@ impl Server {
         self.child.id() as i32
     }
 
+    /// `GET /v1/epoch` on the public listener, as JSON.
+    pub async fn epoch(&self, client: &reqwest::Client) -> serde_json::Value {
+        client
+            .get(format!("http://{}/v1/epoch", self.public))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         rustix::process::kill_process(
