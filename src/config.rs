@@ -64,6 +64,15 @@ pub struct Config {
     pub max_connections: usize,
     /// Most public requests in flight; more are shed with 503 `overloaded` and `Retry-After`.
     pub max_in_flight: usize,
+    /// Redis holding the registry's change stream and snapshot, shared by every replica
+    /// (`redis://host:port/db`); unset: this process's registry stands alone.
+    pub registry_redis_url: Option<String>,
+    /// With a registry stream: once it holds this many entries, a replica publishes a shared
+    /// snapshot and trims the stream (a new replica loads the snapshot, then follows).
+    pub registry_snapshot_every: u64,
+    /// Redis holding rate-limit budgets shared by every replica, so a user who spreads requests
+    /// over N replicas gets one budget, not N; unset: each process limits on its own.
+    pub rate_limit_redis_url: Option<String>,
 }
 
 impl Default for Config {
@@ -92,6 +101,9 @@ impl Default for Config {
             body_read_timeout_ms: 30_000,
             max_connections: 4_096,
             max_in_flight: 1_024,
+            registry_redis_url: None,
+            registry_snapshot_every: 10_000,
+            rate_limit_redis_url: None,
         }
     }
 }
@@ -127,6 +139,10 @@ impl std::fmt::Debug for Config {
             .field("body_read_timeout_ms", &self.body_read_timeout_ms)
             .field("max_connections", &self.max_connections)
             .field("max_in_flight", &self.max_in_flight)
+            // A Redis URL may carry a password.
+            .field("registry_redis_url", &set(&self.registry_redis_url))
+            .field("registry_snapshot_every", &self.registry_snapshot_every)
+            .field("rate_limit_redis_url", &set(&self.rate_limit_redis_url))
             .finish()
     }
 }
@@ -251,6 +267,18 @@ pub struct ServeArgs {
     #[arg(long, env = "CONTACT_DISCOVERY_MAX_IN_FLIGHT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
+    /// Redis URL of the registry change stream shared by all replicas [default: none, standalone].
+    #[arg(long, env = "CONTACT_DISCOVERY_REGISTRY_REDIS_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_redis_url: Option<String>,
+    /// Stream entries after which a shared registry snapshot is published [default: 10000].
+    #[arg(long, env = "CONTACT_DISCOVERY_REGISTRY_SNAPSHOT_EVERY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_snapshot_every: Option<u64>,
+    /// Redis URL of rate-limit budgets shared by all replicas [default: none, per process].
+    #[arg(long, env = "CONTACT_DISCOVERY_RATE_LIMIT_REDIS_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_redis_url: Option<String>,
 }
 
 impl Config {
@@ -284,6 +312,9 @@ impl Config {
             return invalid(
                 "max_batch must not exceed rate_limit_burst, or a full batch could never pass",
             );
+        }
+        if self.registry_snapshot_every == 0 {
+            return invalid("registry_snapshot_every must be at least 1");
         }
         if self.max_credential_ttl_seconds == 0 {
             return invalid("max_credential_ttl_seconds must be positive");

@@ -16,6 +16,7 @@ pub mod log_safe;
 pub mod metrics;
 pub mod ratelimit;
 pub mod registry;
+pub mod replication;
 pub mod rotation;
 pub mod server;
 pub mod startup;

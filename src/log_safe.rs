@@ -34,6 +34,8 @@ impl LogSafe for hyper::Error {}
 // The crate's own errors that reach logs: their messages name files and settings, never numbers.
 impl LogSafe for crate::registry::RegistryError {}
 impl LogSafe for crate::registry::record::RecordError {}
+impl LogSafe for crate::replication::ReplicationError {}
+impl LogSafe for crate::replication::StreamPos {}
 impl LogSafe for crate::domain::secret::KeyFileError {}
 impl<T: LogSafe + ?Sized> LogSafe for &T {}
 

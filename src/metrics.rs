@@ -37,6 +37,65 @@ pub struct Metrics {
     pub registry_size: IntGaugeVec,
     /// Seconds from receiving a registry change to having it durable.
     pub registry_write_seconds: Histogram,
+    /// The registry change stream shared by replicas (all zero when standalone).
+    pub replication: ReplicationMetrics,
+}
+
+/// Metrics of the registry change stream (`replication.rs`).
+pub struct ReplicationMetrics {
+    /// Seconds this replica is behind the newest change it knows of (0 when caught up).
+    pub lag_seconds: IntGauge,
+    /// 1 once the initial snapshot and stream are loaded (always 1 when standalone).
+    pub synced: IntGauge,
+    /// Stream entries applied to the local registry.
+    pub entries_applied: IntCounter,
+    /// Shared snapshots loaded into the local registry.
+    pub snapshots_loaded: IntCounter,
+    /// Shared snapshots published by this replica.
+    pub snapshots_published: IntCounter,
+    /// Failed Redis calls or undecodable entries.
+    pub errors: IntCounter,
+}
+
+impl ReplicationMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(Opts::new(name, help).namespace(NS))?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::with_opts(Opts::new(name, help).namespace(NS))?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        Ok(Self {
+            lag_seconds: gauge(
+                "replication_lag_seconds",
+                "Seconds behind the newest registry change known (0 when caught up)",
+            )?,
+            synced: gauge(
+                "replication_synced",
+                "1 once the shared registry snapshot and stream are loaded (1 when standalone)",
+            )?,
+            entries_applied: counter(
+                "replication_entries_applied_total",
+                "Registry stream entries applied locally",
+            )?,
+            snapshots_loaded: counter(
+                "replication_snapshots_loaded_total",
+                "Shared registry snapshots loaded",
+            )?,
+            snapshots_published: counter(
+                "replication_snapshots_published_total",
+                "Shared registry snapshots published by this replica",
+            )?,
+            errors: counter(
+                "replication_errors_total",
+                "Failed registry stream calls or undecodable entries",
+            )?,
+        })
+    }
 }
 
 /// Metric name prefix.
@@ -127,6 +186,7 @@ impl Metrics {
                     0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
                 ]),
             )?,
+            replication: ReplicationMetrics::new(&registry)?,
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;

@@ -21,6 +21,7 @@ use crate::domain::{CredentialKey, EpochSchedule, ServerSecret};
 use crate::metrics::Metrics;
 use crate::ratelimit::{FingerprintLimiter, RateLimitConfigError};
 use crate::registry::{Registry, RegistryError};
+use crate::replication::{Replica, ReplicationError};
 use crate::rotation::{LiveIndexes, RotationPolicy, Rotator};
 use crate::server::{self, ConnectionLimits};
 
@@ -50,6 +51,9 @@ pub enum StartupError {
     /// Rate limit settings are unusable.
     #[error(transparent)]
     RateLimit(#[from] RateLimitConfigError),
+    /// The shared registry stream settings are unusable.
+    #[error(transparent)]
+    Replication(ReplicationError),
 }
 
 /// Key material the service runs with.
@@ -148,6 +152,21 @@ impl Application {
                 listen = config.listen,
             );
         }
+        let replica = match &config.registry_redis_url {
+            Some(url) => Some(
+                Replica::new(
+                    url,
+                    Arc::clone(&registry),
+                    Arc::clone(&metrics),
+                    config.registry_snapshot_every,
+                )
+                .map_err(StartupError::Replication)?,
+            ),
+            None => {
+                metrics.replication.synced.set(1);
+                None
+            }
+        };
         let state = Arc::new(AppState {
             indexes: Arc::clone(&indexes),
             registry: Arc::clone(&registry),
@@ -167,6 +186,7 @@ impl Application {
             ready_min_registrations: config.ready_min_registrations,
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+            replica,
         });
         let limits = ConnectionLimits {
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
@@ -241,6 +261,7 @@ impl Application {
             let _ = stop_tx.send(true);
         });
         let rotation = tokio::spawn(self.rotator.run());
+        let follower = self.state.replica.clone().map(|r| tokio::spawn(r.run()));
         let limiter_state = Arc::clone(&self.state);
         let gc = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -264,6 +285,9 @@ impl Application {
         );
         let (public, admin) = tokio::join!(public, admin);
         rotation.abort();
+        if let Some(follower) = follower {
+            follower.abort();
+        }
         gc.abort();
         if let Err(err) = self.state.registry.flush() {
             crate::safe_error!("registry flush at shutdown failed", error = err);

@@ -114,6 +114,9 @@ pub async fn change_registrations(
         ))
     })?;
     let ops = plan(&request)?;
+    if let Some(replica) = &state.replica {
+        return replicated_change(&state, replica, &ops).await;
+    }
     let started = Instant::now();
     let registry = std::sync::Arc::clone(&state.registry);
     let applied = ops.len();
@@ -133,6 +136,44 @@ pub async fn change_registrations(
         .observe(started.elapsed().as_secs_f64());
     state.metrics.set_registry_counts(state.registry.counts());
     Ok(Json(json!({ "applied": applied, "version": version })).into_response())
+}
+
+/// How long a write through the shared stream waits to be visible on this replica.
+const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// With a shared registry: the change goes to the stream (durable there once appended), then
+/// waits for this replica to apply it, so the caller reads its own write here. 200 once applied
+/// here; 202 if durable in the stream but not yet applied here within `APPLY_WAIT`.
+async fn replicated_change(
+    state: &SharedState,
+    replica: &crate::replication::Replica,
+    ops: &[Op],
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let id = replica.append(ops).await.map_err(|err| {
+        crate::safe_error!(
+            "registry stream write failed; change not acknowledged",
+            error = err
+        );
+        ApiError::RegistryStreamUnavailable
+    })?;
+    state
+        .metrics
+        .registry_write_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let applied_here = replica.wait_applied(id, APPLY_WAIT).await;
+    let body = json!({
+        "applied": ops.len(),
+        "version": state.registry.version(),
+        "stream_id": id.to_string(),
+        "applied_here": applied_here,
+    });
+    let status = if applied_here {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::ACCEPTED
+    };
+    Ok((status, Json(body)).into_response())
 }
 
 /// `GET /admin/v1/stats`: registry size, live indexes, readiness, limiter size.
@@ -160,6 +201,10 @@ pub async fn stats(State(state): State<SharedState>) -> Json<serde_json::Value> 
         "registry": {
             "version": state.registry.version(),
             "counts": state.registry.counts(),
+            "replication": state.replica.as_ref().map(|r| json!({
+                "synced": r.synced(),
+                "position": r.position().to_string(),
+            })),
         },
         "indexes": indexes,
         "rate_limited_users_tracked": state.limiter.tracked_users(),

@@ -109,6 +109,9 @@ pub enum ApiError {
     /// The registry could not make a change durable; nothing was acknowledged.
     #[error("the registry could not store the change; nothing was applied")]
     Storage,
+    /// The shared registry stream (Redis) could not take the change; nothing was acknowledged.
+    #[error("the shared registry stream is unavailable; nothing was applied; retry shortly")]
+    RegistryStreamUnavailable,
     /// The body did not arrive within the body read timeout (a slow or stalled client).
     #[error("the request body was not received within {secs} seconds")]
     BodyTimeout {
@@ -144,7 +147,7 @@ impl ApiError {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Panic | Storage => StatusCode::INTERNAL_SERVER_ERROR,
             BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded { .. } | RegistryStreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -172,6 +175,7 @@ impl ApiError {
             Storage => "storage_unavailable",
             BodyTimeout { .. } => "body_timeout",
             Overloaded { .. } => "overloaded",
+            RegistryStreamUnavailable => "registry_stream_unavailable",
         }
     }
 
@@ -197,6 +201,7 @@ impl ApiError {
         "storage_unavailable",
         "body_timeout",
         "overloaded",
+        "registry_stream_unavailable",
     ];
 }
 
@@ -222,7 +227,7 @@ impl IntoResponse for ApiError {
                 body["retry_after"] = json!(secs);
                 retry_after = Some(*secs);
             }
-            ApiError::NotReady => {
+            ApiError::NotReady | ApiError::RegistryStreamUnavailable => {
                 body["retry_after"] = json!(1);
                 retry_after = Some(1);
             }

@@ -57,6 +57,8 @@ pub struct AppState {
     pub body_read_timeout: std::time::Duration,
     /// Slots for public requests in flight; a request that finds none is shed with 503.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// The shared registry stream, when replicas share one (`--registry-redis-url`).
+    pub replica: Option<Arc<crate::replication::Replica>>,
 }
 
 /// Shared state as handlers see it.

@@ -118,7 +118,8 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// `ready_min_registrations` numbers, else 503.
 pub async fn readyz(State(state): State<SharedState>) -> Response {
     let counts = state.registry.counts();
-    let registry_loaded = counts.discoverable + counts.hidden >= state.ready_min_registrations;
+    let registry_loaded = counts.discoverable + counts.hidden >= state.ready_min_registrations
+        && state.replica.as_ref().is_none_or(|r| r.synced());
     if registry_loaded && state.indexes.is_ready(state.clock.now_secs()) {
         (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
     } else {

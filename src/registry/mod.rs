@@ -473,6 +473,35 @@ impl Registry {
         Ok(version)
     }
 
+    /// Makes the registry exactly `entries` (sorted raw entries, as from [`decode_snapshot`]):
+    /// a new snapshot is written and the log emptied, all or nothing. A replica loading the
+    /// shared snapshot uses this; everything held before is replaced.
+    pub fn replace_all(&self, entries: Vec<u64>) -> Result<u64, RegistryError> {
+        let mut log = self.log.lock();
+        if log.poisoned {
+            return Err(RegistryError::Poisoned);
+        }
+        write_snapshot(&self.dir, &entries)?;
+        reset_log(&self.dir, &mut log)?;
+        *self.state.write() = State::from_sorted(entries);
+        let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(log);
+        self.changed.notify_one();
+        Ok(version)
+    }
+
+    /// Every registration as sorted raw entries (shared, not copied), for publishing a snapshot.
+    pub fn raw_entries(&self) -> Arc<Vec<u64>> {
+        let mut state = self.state.write();
+        state.fold();
+        Arc::clone(&state.base)
+    }
+
+    /// The directory the registry lives in (and holds locked).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Folds the log into a new snapshot now.
     pub fn compact(&self) -> Result<(), RegistryError> {
         let mut log = self.log.lock();
@@ -573,8 +602,9 @@ fn sync_dir(dir: &Path) -> Result<(), RegistryError> {
         .map_err(io_err(dir))
 }
 
-/// Writes `path` via a temporary file, fsync and rename, so it is either old or new, never torn.
-fn write_atomically(
+/// Writes `dir/name` via a temporary file, fsync and rename, so it is either old or new, never
+/// torn.
+pub(crate) fn write_atomically(
     dir: &Path,
     name: &str,
     fill: impl FnOnce(&mut BufWriter<&File>) -> io::Result<()>,
@@ -598,52 +628,65 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 
 /// Writes the sorted raw entries: magic, count, entries (u64 LE), crc32 of everything before.
 fn write_snapshot(dir: &Path, entries: &[u64]) -> Result<(), RegistryError> {
-    write_atomically(dir, SNAPSHOT_FILE, |out| {
-        let mut crc = crc32fast::Hasher::new();
-        let mut header = [0u8; 16];
-        header[..8].copy_from_slice(SNAPSHOT_MAGIC);
-        header[8..].copy_from_slice(&(entries.len() as u64).to_le_bytes());
-        crc.update(&header);
-        out.write_all(&header)?;
-        let mut bytes = Vec::with_capacity(SNAPSHOT_CHUNK);
-        for chunk in entries.chunks(SNAPSHOT_CHUNK / 8) {
-            bytes.clear();
-            bytes.extend(chunk.iter().flat_map(|e| e.to_le_bytes()));
-            crc.update(&bytes);
-            out.write_all(&bytes)?;
-        }
-        out.write_all(&crc.finalize().to_le_bytes())
-    })
+    write_atomically(dir, SNAPSHOT_FILE, |out| write_snapshot_to(out, entries))
 }
 
 /// Reads a snapshot straight into a sorted vector of raw entries, checking the checksum and
 /// that every entry is a valid number.
 fn read_snapshot(path: &Path) -> Result<Vec<u64>, RegistryError> {
-    let corrupt = |why| RegistryError::CorruptSnapshot {
-        path: path.to_owned(),
-        why,
-    };
     let file = File::open(path).map_err(io_err(path))?;
     let file_len = file.metadata().map_err(io_err(path))?.len();
-    let mut input = BufReader::with_capacity(SNAPSHOT_CHUNK, file);
+    let input = BufReader::with_capacity(SNAPSHOT_CHUNK, file);
+    parse_snapshot(input, file_len).map_err(|why| RegistryError::CorruptSnapshot {
+        path: path.to_owned(),
+        why,
+    })
+}
+
+/// The registry's sorted raw entries in the snapshot file format (what replicas share).
+pub fn encode_snapshot(entries: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + entries.len() * 8 + 4);
+    // Writing to a Vec cannot fail.
+    let _ = write_snapshot_to(&mut out, entries);
+    out
+}
+
+/// Parses bytes in the snapshot file format into sorted raw entries, checking the checksum
+/// and every number; the error says what is wrong.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Vec<u64>, &'static str> {
+    parse_snapshot(bytes, bytes.len() as u64)
+}
+
+fn write_snapshot_to(out: &mut impl Write, entries: &[u64]) -> io::Result<()> {
     let mut crc = crc32fast::Hasher::new();
     let mut header = [0u8; 16];
-    input
-        .read_exact(&mut header)
-        .map_err(|_| corrupt("short header"))?;
+    header[..8].copy_from_slice(SNAPSHOT_MAGIC);
+    header[8..].copy_from_slice(&(entries.len() as u64).to_le_bytes());
+    crc.update(&header);
+    out.write_all(&header)?;
+    let mut bytes = Vec::with_capacity(SNAPSHOT_CHUNK);
+    for chunk in entries.chunks(SNAPSHOT_CHUNK / 8) {
+        bytes.clear();
+        bytes.extend(chunk.iter().flat_map(|e| e.to_le_bytes()));
+        crc.update(&bytes);
+        out.write_all(&bytes)?;
+    }
+    out.write_all(&crc.finalize().to_le_bytes())
+}
+
+fn parse_snapshot(mut input: impl Read, total_len: u64) -> Result<Vec<u64>, &'static str> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut header = [0u8; 16];
+    input.read_exact(&mut header).map_err(|_| "short header")?;
     crc.update(&header);
     if &header[..8] != SNAPSHOT_MAGIC {
-        return Err(corrupt("bad magic"));
+        return Err("bad magic");
     }
-    let count = u64::from_le_bytes(
-        header[8..]
-            .try_into()
-            .map_err(|_| corrupt("short header"))?,
-    );
-    if count.checked_mul(8).and_then(|b| b.checked_add(16 + 4)) != Some(file_len) {
-        return Err(corrupt("length does not match the entry count"));
+    let count = u64::from_le_bytes(header[8..].try_into().map_err(|_| "short header")?);
+    if count.checked_mul(8).and_then(|b| b.checked_add(16 + 4)) != Some(total_len) {
+        return Err("length does not match the entry count");
     }
-    let count = usize::try_from(count).map_err(|_| corrupt("too many entries"))?;
+    let count = usize::try_from(count).map_err(|_| "too many entries")?;
     let mut entries = Vec::with_capacity(count);
     let mut bytes = vec![0u8; SNAPSHOT_CHUNK];
     let mut sorted = true;
@@ -652,7 +695,7 @@ fn read_snapshot(path: &Path) -> Result<Vec<u64>, RegistryError> {
     while entries.len() < count {
         let take = (count - entries.len()).min(SNAPSHOT_CHUNK / 8) * 8;
         let chunk = &mut bytes[..take];
-        input.read_exact(chunk).map_err(|_| corrupt("truncated"))?;
+        input.read_exact(chunk).map_err(|_| "truncated")?;
         crc.update(chunk);
         for raw in chunk.chunks_exact(8) {
             let mut word = [0u8; 8];
@@ -665,14 +708,12 @@ fn read_snapshot(path: &Path) -> Result<Vec<u64>, RegistryError> {
         }
     }
     let mut stored = [0u8; 4];
-    input
-        .read_exact(&mut stored)
-        .map_err(|_| corrupt("truncated"))?;
+    input.read_exact(&mut stored).map_err(|_| "truncated")?;
     if u32::from_le_bytes(stored) != crc.finalize() {
-        return Err(corrupt("checksum mismatch"));
+        return Err("checksum mismatch");
     }
     if !valid {
-        return Err(corrupt("invalid number"));
+        return Err("invalid number");
     }
     if !sorted {
         // This writer always sorts; tolerate a snapshot that is not, as the format allows it.

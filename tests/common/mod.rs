@@ -179,3 +179,78 @@ pub fn credential(data_dir: &Path, user: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// A real `redis-server` on a free loopback port, in its own temporary directory, with an
+/// append-only file fsync'd on every write (as the registry stream needs). Killed on drop.
+/// `scripts/test.sh` installs Redis when it is missing.
+pub struct RedisServer {
+    child: Child,
+    /// `redis://127.0.0.1:<port>/`.
+    pub url: String,
+    /// The port it listens on.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts Redis and waits until it answers `PING`.
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        // Bind-and-release finds a free port; Redis cannot report one it chose itself.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/test.sh installs it)");
+        let server = RedisServer {
+            child,
+            url: format!("redis://127.0.0.1:{port}/"),
+            port,
+            dir,
+        };
+        let started = Instant::now();
+        while server.command(&["PING"]).as_deref() != Some("PONG") {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "redis-server did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// Runs one command with `redis-cli` and returns its raw output, or `None` if it failed.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
