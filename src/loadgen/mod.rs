@@ -215,6 +215,9 @@ struct Tally {
     matches: AtomicU64,
     /// Per second of the run: latency histogram of requests scheduled in it.
     timeline: Mutex<Vec<Histogram<u64>>>,
+    /// Requests answered 410 and sent again under the refetched epoch (counted once, by
+    /// their final status).
+    resent_after_410: AtomicU64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -415,6 +418,7 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
         expected_hits: AtomicU64::new(0),
         matches: AtomicU64::new(0),
         timeline: Mutex::new((0..=seconds.ceil() as usize).map(|_| histogram()).collect()),
+        resent_after_410: AtomicU64::new(0),
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight.max(1)));
     let progress = if args.closed {
@@ -480,31 +484,55 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
                     Err(_) => return,
                 },
             };
-            let sent = client
-                .post(format!("{server}/v1/discover"))
-                .header("content-type", format.content_type())
-                .header("authorization", token)
-                .body(body)
-                .send()
-                .await;
-            let status = match sent {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let body = response.bytes().await.unwrap_or_default();
-                    if status == 200 {
-                        task_tally
-                            .fingerprints_answered
-                            .fetch_add(n as u64, Ordering::Relaxed);
-                        task_tally
-                            .expected_hits
-                            .fetch_add(expected as u64, Ordering::Relaxed);
-                        task_tally
-                            .matches
-                            .fetch_add(count_matches(format, &body, n), Ordering::Relaxed);
+            let (bodies, refetching, hits, misses, args, epoch) = refresh;
+            let (mut body, mut n, mut expected) = (body, n, expected);
+            let mut resent = false;
+            let status = loop {
+                let sent = client
+                    .post(format!("{server}/v1/discover"))
+                    .header("content-type", format.content_type())
+                    .header("authorization", token.clone())
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let status = match sent {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let body = response.bytes().await.unwrap_or_default();
+                        if status == 200 {
+                            task_tally
+                                .fingerprints_answered
+                                .fetch_add(n as u64, Ordering::Relaxed);
+                            task_tally
+                                .expected_hits
+                                .fetch_add(expected as u64, Ordering::Relaxed);
+                            task_tally
+                                .matches
+                                .fetch_add(count_matches(format, &body, n), Ordering::Relaxed);
+                        }
+                        status
                     }
-                    status
+                    Err(_) => 0,
+                };
+                if status != 410 || resent {
+                    break status;
                 }
-                Err(_) => 0,
+                // What the protocol asks of a client: on 410, fetch the current epoch and send
+                // the same request again under it. One refetch at a time; later 410s for the
+                // same epoch find it done.
+                resent = true;
+                task_tally.resent_after_410.fetch_add(1, Ordering::Relaxed);
+                {
+                    let _guard = refetching.lock().await;
+                    if bodies.read().epoch == epoch
+                        && let Ok(reply) = fetch_epoch(&client, &server).await
+                        && let Ok(fresh) = prepare_bodies(&args, &reply, &hits, &misses)
+                    {
+                        *bodies.write() = Arc::new(fresh);
+                    }
+                }
+                let fresh = Arc::clone(&bodies.read());
+                (body, n, expected) = fresh.items[k as usize % fresh.items.len()].clone();
             };
             let micros = scheduled.elapsed().as_micros().max(1) as u64;
             let _ = task_tally.latency.lock().record(micros.min(600_000_000));
@@ -514,17 +542,6 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
             }
             *task_tally.statuses.lock().entry(status).or_default() += 1;
             task_progress.inc(1);
-            if status == 410 {
-                let (bodies, refetching, hits, misses, args, epoch) = refresh;
-                // One refetch at a time; later 410s for the same epoch find it done.
-                let _guard = refetching.lock().await;
-                if bodies.read().epoch == epoch
-                    && let Ok(reply) = fetch_epoch(&client, &server).await
-                    && let Ok(fresh) = prepare_bodies(&args, &reply, &hits, &misses)
-                {
-                    *bodies.write() = Arc::new(fresh);
-                }
-            }
         });
         // Reap finished tasks as we go so the set stays small.
         while tasks.try_join_next().is_some() {}
@@ -564,6 +581,7 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
         timeline,
         first_epoch: reply.epoch,
         final_epoch,
+        resent_after_410: tally.resent_after_410.load(Ordering::Relaxed),
     }))
 }
 

@@ -25,6 +25,7 @@ pub(super) struct Inputs {
     pub timeline: Vec<Histogram<u64>>,
     pub first_epoch: u64,
     pub final_epoch: u64,
+    pub resent_after_410: u64,
 }
 
 /// The summary of a load run.
@@ -106,6 +107,7 @@ impl Report {
             "server_cpu_ns_per_fingerprint": cpu_ns,
             "first_epoch": i.first_epoch,
             "final_epoch": i.final_epoch,
+            "resent_after_410": i.resent_after_410,
             "timeline": timeline,
         });
         Self { json }

@@ -1,5 +1,5 @@
 //! `loadgen` against the real service: real fingerprints give the requested hit ratio, and an
-//! epoch change mid-run (410) makes it refetch the salt and carry on.
+//! epoch change mid-run (410) makes it refetch the salt and send the request again.
 
 use std::time::Duration;
 
@@ -79,9 +79,11 @@ async fn loadgen_gets_real_answers_and_follows_an_epoch_change() {
     let report = run(&args).await.unwrap();
     mover.await.unwrap();
     let j = report.as_json();
+    // Requests answered 410 were sent again under the refetched epoch, as the protocol asks;
+    // a final 410 remains only if that refetch itself came too early.
+    assert!(j["resent_after_410"].as_u64().unwrap() > 0, "{j}");
     let gone = j["statuses"]["410"].as_u64().unwrap_or(0);
     let ok = j["ok"].as_u64().unwrap();
-    assert!(gone > 0, "{j}");
     // Right after the jump the new epoch's index may still be building: 503, counted too.
     let not_ready = j["statuses"]["503"].as_u64().unwrap_or(0);
     assert_eq!(
