@@ -291,6 +291,7 @@ mod tests {
             ApiError::Storage,
             ApiError::BodyTimeout { secs: 1 },
             ApiError::Overloaded { retry_after: 1 },
+            ApiError::RegistryStreamUnavailable,
         ];
         let codes: Vec<_> = samples.iter().map(ApiError::code).collect();
         assert_eq!(codes, ApiError::CODES);
@@ -302,6 +303,7 @@ mod tests {
                     | ApiError::Panic
                     | ApiError::Storage
                     | ApiError::Overloaded { .. }
+                    | ApiError::RegistryStreamUnavailable
             );
             assert!(client_error ^ server_side, "{}", e.code());
         }
