@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{ADMIN_TOKEN, Server, start_server_with_env};
 use contact_discovery::api::codec::{self, Format};
-use contact_discovery::domain::{CredentialKey, E164, Fingerprint, Salt, UserId};
+use contact_discovery::domain::{E164, Fingerprint, Salt};
 
 const SECRET: &str = "8f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 const KEY: &str = "4242424242424242424242424242424242424242424242424242424242424242";
@@ -64,14 +64,7 @@ async fn start_pair(extra: &[&str]) -> Pair {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    let key_bytes: [u8; 32] = (0..32)
-        .map(|i| u8::from_str_radix(&KEY[2 * i..2 * i + 2], 16).unwrap())
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap();
-    let now = contact_discovery::clock::Clock::System.now_secs();
-    let credential =
-        CredentialKey::from_bytes(key_bytes).mint(&UserId::parse("switcher").unwrap(), now + 3_600);
+    let credential = common::mint_with_hex_key(KEY, "switcher");
     // The key file is read at start; the directory may go.
     drop(keys);
     Pair {

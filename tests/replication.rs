@@ -13,7 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{ADMIN_TOKEN, RedisServer, Server, start_server_with_env};
 use contact_discovery::api::codec::{self, Format};
-use contact_discovery::domain::{CredentialKey, E164, Fingerprint, Salt, UserId};
+use contact_discovery::domain::{E164, Fingerprint, Salt};
 
 const SECRET: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 const KEY: &str = "5151515151515151515151515151515151515151515151515151515151515151";
@@ -39,14 +39,7 @@ impl Cluster {
     fn new() -> Cluster {
         let key_file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(key_file.path(), KEY).unwrap();
-        let key: [u8; 32] = (0..32)
-            .map(|i| u8::from_str_radix(&KEY[2 * i..2 * i + 2], 16).unwrap())
-            .collect::<Vec<_>>()
-            .try_into()
-            .unwrap();
-        let now = contact_discovery::clock::Clock::System.now_secs();
-        let credential =
-            CredentialKey::from_bytes(key).mint(&UserId::parse("replicator").unwrap(), now + 3_600);
+        let credential = common::mint_with_hex_key(KEY, "replicator");
         Cluster {
             redis: RedisServer::start(),
             key_file,

@@ -165,6 +165,21 @@ pub fn export(data_dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Mints a credential for `user`, valid for an hour, under a credential key given as 64 hex
+/// characters (the form of a `--credential-key-file`).
+pub fn mint_with_hex_key(key_hex: &str, user: &str) -> String {
+    let key: [u8; 32] = (0..32)
+        .map(|i| u8::from_str_radix(&key_hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    let now = contact_discovery::clock::Clock::System.now_secs();
+    contact_discovery::domain::CredentialKey::from_bytes(key).mint(
+        &contact_discovery::domain::UserId::parse(user).unwrap(),
+        now + 3_600,
+    )
+}
+
 /// Mints a credential for `user` with the `credential` command on `data_dir`'s key.
 pub fn credential(data_dir: &Path, user: &str) -> String {
     let out = Command::new(BIN)
