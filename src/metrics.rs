@@ -23,6 +23,9 @@ pub struct Metrics {
     pub matches: IntCounter,
     /// Discovery requests refused by the rate limiter.
     pub rate_limited: IntCounter,
+    /// Rate-limit checks that fell back to this process's budget because the shared one
+    /// (Redis) failed or was slow.
+    pub rate_limit_fallbacks: IntCounter,
     /// The current epoch number.
     pub current_epoch: IntGauge,
     /// 1 once the current epoch's index is built.
@@ -149,6 +152,13 @@ impl Metrics {
                 )
                 .namespace(NS),
             )?,
+            rate_limit_fallbacks: IntCounter::with_opts(
+                Opts::new(
+                    "rate_limit_fallbacks_total",
+                    "Rate-limit checks done against the local budget because the shared one failed",
+                )
+                .namespace(NS),
+            )?,
             current_epoch: IntGauge::with_opts(
                 Opts::new("current_epoch", "The current epoch number").namespace(NS),
             )?,
@@ -195,6 +205,8 @@ impl Metrics {
         m.registry.register(Box::new(m.batch_size.clone()))?;
         m.registry.register(Box::new(m.matches.clone()))?;
         m.registry.register(Box::new(m.rate_limited.clone()))?;
+        m.registry
+            .register(Box::new(m.rate_limit_fallbacks.clone()))?;
         m.registry.register(Box::new(m.current_epoch.clone()))?;
         m.registry.register(Box::new(m.ready.clone()))?;
         m.registry

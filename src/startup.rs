@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::domain::secret::{self, KeyFileError, parse_hex32};
 use crate::domain::{CredentialKey, EpochSchedule, ServerSecret};
 use crate::metrics::Metrics;
-use crate::ratelimit::{FingerprintLimiter, RateLimitConfigError};
+use crate::ratelimit::{FingerprintLimiter, RateLimitConfigError, SharedLimiter};
 use crate::registry::{Registry, RegistryError};
 use crate::replication::{Replica, ReplicationError};
 use crate::rotation::{LiveIndexes, RotationPolicy, Rotator};
@@ -51,6 +51,9 @@ pub enum StartupError {
     /// Rate limit settings are unusable.
     #[error(transparent)]
     RateLimit(#[from] RateLimitConfigError),
+    /// The shared rate-limit Redis URL is unusable.
+    #[error("rate_limit_redis_url: {0}")]
+    SharedRateLimit(redis::RedisError),
     /// The shared registry stream settings are unusable.
     #[error(transparent)]
     Replication(ReplicationError),
@@ -167,6 +170,19 @@ impl Application {
                 None
             }
         };
+        let shared_limiter = match &config.rate_limit_redis_url {
+            Some(url) => Some(
+                SharedLimiter::new(
+                    url,
+                    &keys.secret,
+                    config.rate_limit_burst,
+                    config.rate_limit_refill_per_day,
+                    metrics.rate_limit_fallbacks.clone(),
+                )
+                .map_err(StartupError::SharedRateLimit)?,
+            ),
+            None => None,
+        };
         let state = Arc::new(AppState {
             indexes: Arc::clone(&indexes),
             registry: Arc::clone(&registry),
@@ -187,6 +203,7 @@ impl Application {
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
             replica,
+            shared_limiter,
         });
         let limits = ConnectionLimits {
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),

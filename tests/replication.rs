@@ -1,4 +1,6 @@
-//! The registry shared by several replicas through a real Redis (`--registry-redis-url`):
+//! Several replicas sharing state through a real Redis. Rate limits (`--rate-limit-redis-url`):
+//! a user who spreads requests over two replicas gets one budget, not two; with Redis gone each
+//! replica falls back to its own budget. The registry (`--registry-redis-url`):
 //! a change posted to one replica reaches the others; a new replica loads the shared snapshot
 //! and is not ready before; a replica killed with SIGKILL resumes from its resume point, or from
 //! the snapshot when its point was trimmed away meanwhile; with Redis down, writes are refused
@@ -387,4 +389,124 @@ async fn a_registry_that_did_not_come_from_the_stream_is_not_merged() {
         ["+27821234567"],
         "left as it was"
     );
+}
+
+/// Status of a discovery request for `n` fingerprints (of unregistered numbers) by `credential`.
+async fn discover_n(cluster: &Cluster, server: &Server, credential: &str, n: usize) -> u16 {
+    let info = server.epoch(&cluster.http).await;
+    let salt = URL_SAFE_NO_PAD
+        .decode(info["salt"].as_str().unwrap())
+        .unwrap();
+    let salt = Salt::from_bytes(salt.try_into().unwrap());
+    let fps: Vec<Fingerprint> = (0..n as u64)
+        .map(|i| Fingerprint::compute(&salt, E164::from_u64(15_550_000_000 + i).unwrap()))
+        .collect();
+    let response = cluster
+        .http
+        .post(format!("http://{}/v1/discover", server.public))
+        .header("content-type", Format::Binary.content_type())
+        .bearer_auth(credential)
+        .body(codec::encode_request(
+            Format::Binary,
+            info["epoch"].as_u64().unwrap(),
+            &fps,
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    if status == 429 {
+        assert!(response.headers().contains_key("retry-after"));
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "rate_limited");
+    }
+    status
+}
+
+/// The value of an unlabelled counter on `server`'s `/metrics`.
+async fn counter(cluster: &Cluster, server: &Server, name: &str) -> u64 {
+    let text = cluster
+        .http
+        .get(format!("http://{}/metrics", server.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_user_spreading_requests_over_replicas_gets_one_budget() {
+    let cluster = Cluster::new();
+    let limits = RedisServer::start();
+    let budget = [
+        "--rate-limit-burst",
+        "1000",
+        "--rate-limit-refill-per-day",
+        "1",
+        "--max-batch",
+        "1000",
+    ];
+    let shared: Vec<&str> = budget
+        .iter()
+        .copied()
+        .chain(["--rate-limit-redis-url", limits.url.as_str()])
+        .collect();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (a, b) = (
+        cluster.replica(dirs[0].path(), &shared),
+        cluster.replica(dirs[1].path(), &shared),
+    );
+    cluster.wait_for(&a, &[]).await;
+    cluster.wait_for(&b, &[]).await;
+    let spender = common::mint_with_hex_key(KEY, "spender");
+    let other = common::mint_with_hex_key(KEY, "other");
+    assert_eq!(discover_n(&cluster, &a, &spender, 600).await, 200);
+    assert_eq!(
+        discover_n(&cluster, &b, &spender, 600).await,
+        429,
+        "the other replica knows the budget is spent"
+    );
+    assert_eq!(discover_n(&cluster, &b, &other, 600).await, 200, "per user");
+    assert_eq!(
+        limits.command(&["DBSIZE"]).as_deref(),
+        Some("3"),
+        "one key per active user: spender, other, and wait_for's replicator"
+    );
+    let keys = limits.command(&["KEYS", "*"]).unwrap();
+    assert!(
+        !keys.contains("spender") && !keys.contains("other"),
+        "{keys}"
+    );
+
+    // Control: replicas without the shared limiter give the same user a budget each.
+    let dirs2 = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (c, d) = (
+        cluster.replica(dirs2[0].path(), &budget),
+        cluster.replica(dirs2[1].path(), &budget),
+    );
+    cluster.wait_for(&c, &[]).await;
+    cluster.wait_for(&d, &[]).await;
+    assert_eq!(discover_n(&cluster, &c, &spender, 600).await, 200);
+    assert_eq!(discover_n(&cluster, &d, &spender, 600).await, 200);
+
+    // Redis gone: each replica answers from its own budget and counts the fallback.
+    drop(limits);
+    let fallbacks = "contact_discovery_rate_limit_fallbacks_total";
+    assert_eq!(counter(&cluster, &a, fallbacks).await, 0);
+    assert_eq!(discover_n(&cluster, &a, &other, 600).await, 200);
+    assert_eq!(
+        discover_n(&cluster, &a, &other, 600).await,
+        429,
+        "local budget"
+    );
+    assert!(counter(&cluster, &a, fallbacks).await >= 2);
+    assert!(logged(&a, "shared rate limit unavailable"));
+    for server in [a, b, c, d] {
+        server.kill9();
+    }
 }

@@ -208,6 +208,7 @@ pub async fn stats(State(state): State<SharedState>) -> Json<serde_json::Value> 
         },
         "indexes": indexes,
         "rate_limited_users_tracked": state.limiter.tracked_users(),
+        "rate_limit_backend": if state.shared_limiter.is_some() { "redis" } else { "local" },
         "uptime_seconds": state.started.elapsed().as_secs(),
     }))
 }

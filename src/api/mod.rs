@@ -39,8 +39,10 @@ pub struct AppState {
     pub max_credential_ttl: u64,
     /// BLAKE3 hash of the admin token (compared in constant time).
     pub admin_token_hash: blake3::Hash,
-    /// Per-user fingerprint budget.
+    /// Per-user fingerprint budget of this process (alone, or the fallback of the shared one).
     pub limiter: FingerprintLimiter,
+    /// The budget shared by all replicas in Redis, when configured.
+    pub shared_limiter: Option<crate::ratelimit::SharedLimiter>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Time.

@@ -87,7 +87,11 @@ pub async fn discover(
         })?;
 
     let n = request.fingerprints.len();
-    if let Err(limited) = state.limiter.check(&user, n) {
+    let verdict = match &state.shared_limiter {
+        Some(shared) => shared.check(&user, n, &state.limiter).await,
+        None => state.limiter.check(&user, n),
+    };
+    if let Err(limited) = verdict {
         state.metrics.rate_limited.inc();
         return Err(ApiError::RateLimited {
             retry_after: limited.retry_after_secs,

@@ -69,6 +69,12 @@ impl ServerSecret {
         material.zeroize();
         salt
     }
+
+    /// A key for `purpose` (a fixed BLAKE3 `derive_key` context), the same on every replica
+    /// that shares the secret; e.g. the key that hides user ids in shared rate-limit state.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        blake3::derive_key(purpose, &self.0)
+    }
 }
 
 impl std::fmt::Debug for ServerSecret {

@@ -1,7 +1,12 @@
 //! Per-user rate limit on fingerprints looked up (not requests), with `governor`'s GCRA.
 //!
 //! Keyed by the credential's user id and nothing else: never by a fingerprint or anything
-//! derived from one, so the limiter's memory says who asked, never what.
+//! derived from one, so the limiter's memory says who asked, never what. With several replicas
+//! the budget lives in Redis instead (`shared.rs`), so N replicas do not give a user N budgets.
+
+mod shared;
+
+pub use shared::SharedLimiter;
 
 use std::num::NonZeroU32;
 use std::time::Duration;
