@@ -13,5 +13,7 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets --all-features -- -D warnings
 cargo test --locked --all-targets --features test-hooks
 cargo test --locked --doc --features test-hooks
+# The Kubernetes manifests against the API schemas (kubernetes-validate from PyPI).
+scripts/validate-manifests.sh
 # Every fuzz target for a bounded time (FUZZ_SECONDS each, default 10) on the stable toolchain.
 scripts/fuzz-smoke.sh
