@@ -279,3 +279,29 @@ pub fn audit(
 pub fn loadgen(args: &crate::loadgen::LoadgenArgs) -> Result<(), CommandError> {
     crate::loadgen::run_and_print(args).map_err(|e| CommandError::Refused(e.to_string()))
 }
+
+/// `healthcheck`: exits 0 if `url` answers 200 within `timeout`, else fails. For a container
+/// `HEALTHCHECK` in an image that has no shell or curl (distroless).
+pub fn healthcheck(url: &str, timeout: std::time::Duration) -> Result<(), CommandError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting the async runtime"))?;
+    let status = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| CommandError::Refused(e.to_string()))?;
+        let response = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| CommandError::Refused(format!("{url}: {e}")))?;
+        Ok::<_, CommandError>(response.status())
+    })?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(CommandError::Refused(format!("{url}: {status}")))
+    }
+}

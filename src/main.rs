@@ -43,6 +43,15 @@ enum Command {
         #[arg(long, env = "CONTACT_DISCOVERY_CREDENTIAL_KEY_FILE")]
         credential_key_file: Option<PathBuf>,
     },
+    /// Exit 0 if the service answers 200 at URL (a container health check without curl).
+    Healthcheck {
+        /// What to ask.
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Measure fingerprint speed here and print what an attacker's reversal and enumeration cost.
     Audit {
         /// Seconds to measure each of the one-core and all-core speeds.
@@ -178,6 +187,7 @@ fn main() -> ExitCode {
             json,
         } => commands::audit(seconds, rate_limit_burst, rate_limit_refill_per_day, json),
         Command::Loadgen(args) => commands::loadgen(&args),
+        Command::Healthcheck { url, timeout } => commands::healthcheck(&url, timeout),
         Command::Credential {
             user,
             ttl,

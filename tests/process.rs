@@ -635,3 +635,34 @@ async fn discover_cli_finds_the_registered_example_contacts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing_credential"));
     server.kill9();
 }
+
+/// The Dockerfile's `HEALTHCHECK` command line, run against a real server: 0 while it answers,
+/// non-zero once it is gone.
+#[test]
+fn the_dockerfile_health_check_command_works() {
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/Dockerfile")).unwrap();
+    let line = dockerfile
+        .split("\nHEALTHCHECK ")
+        .nth(1)
+        .expect("the Dockerfile has a HEALTHCHECK instruction");
+    let json = &line[line.find('[').unwrap()..=line.find(']').unwrap()];
+    let argv: Vec<String> = serde_json::from_str(json).unwrap();
+    assert_eq!(argv[0], "/usr/local/bin/contact-discovery");
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), &[]);
+    // The same command line, pointed at this server's port.
+    let command = argv[1..]
+        .iter()
+        .map(|a| a.replace("127.0.0.1:8080", &server.public))
+        .collect::<Vec<_>>();
+    let healthy = Command::new(BIN).args(&command).output().unwrap();
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    server.kill9();
+    let gone = Command::new(BIN).args(&command).output().unwrap();
+    assert!(!gone.status.success(), "a dead server fails the check");
+}
