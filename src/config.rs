@@ -26,6 +26,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Credential key file (64 hex chars); `<data-dir>/credential.key`, generated, when unset.
     pub credential_key_file: Option<PathBuf>,
+    /// The credential key being rotated out: credentials it minted are still accepted (until
+    /// they expire, at most `max_credential_ttl_seconds`), so the backend and the replicas need
+    /// not switch at the same instant. Unset outside a rotation.
+    pub previous_credential_key_file: Option<PathBuf>,
     /// Server secret file (64 hex chars); `<data-dir>/server.secret`, generated, when unset.
     pub server_secret_file: Option<PathBuf>,
     /// Server secret as 64 hex chars (from the environment); overrides the file.
@@ -83,6 +87,7 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             admin_token: None,
             credential_key_file: None,
+            previous_credential_key_file: None,
             server_secret_file: None,
             server_secret: None,
             epoch_seconds: 86_400,
@@ -118,6 +123,10 @@ impl std::fmt::Debug for Config {
             .field("admin_listen", &self.admin_listen)
             .field("admin_token", &set(&self.admin_token))
             .field("credential_key_file", &self.credential_key_file)
+            .field(
+                "previous_credential_key_file",
+                &self.previous_credential_key_file,
+            )
             .field("server_secret_file", &self.server_secret_file)
             .field("server_secret", &set(&self.server_secret))
             .field("epoch_seconds", &self.epoch_seconds)
@@ -195,6 +204,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CONTACT_DISCOVERY_CREDENTIAL_KEY_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_key_file: Option<PathBuf>,
+    /// Credential key being rotated out, still accepted for verifying [default: none].
+    #[arg(long, env = "CONTACT_DISCOVERY_PREVIOUS_CREDENTIAL_KEY_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_credential_key_file: Option<PathBuf>,
     /// Server secret file, 64 hex chars [default: generated DATA_DIR/server.secret].
     #[arg(long, env = "CONTACT_DISCOVERY_SERVER_SECRET_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]

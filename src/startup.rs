@@ -65,6 +65,8 @@ pub struct Keys {
     pub secret: ServerSecret,
     /// Verifies credentials.
     pub credential_key: CredentialKey,
+    /// Also verifies credentials during a key rotation (never mints).
+    pub previous_credential_key: Option<CredentialKey>,
     /// The admin bearer token.
     pub admin_token: String,
 }
@@ -87,6 +89,10 @@ pub fn load_keys(config: &Config) -> Result<Keys, KeyFileError> {
         Some(path) => secret::read_key(path)?,
         None => secret::read_or_create_key(&config.credential_key_path())?.0,
     };
+    let previous_credential_key = match &config.previous_credential_key_file {
+        Some(path) => Some(CredentialKey::from_bytes(secret::read_key(path)?)),
+        None => None,
+    };
     let admin_token = match &config.admin_token {
         Some(token) => token.trim().to_owned(),
         None => {
@@ -105,6 +111,7 @@ pub fn load_keys(config: &Config) -> Result<Keys, KeyFileError> {
     Ok(Keys {
         secret: ServerSecret::from_bytes(secret),
         credential_key: CredentialKey::from_bytes(credential_key),
+        previous_credential_key,
         admin_token,
     })
 }
@@ -188,6 +195,10 @@ impl Application {
             registry: Arc::clone(&registry),
             secret: keys.secret.clone(),
             credential_key: (!config.insecure_no_auth).then(|| keys.credential_key.clone()),
+            previous_credential_key: keys
+                .previous_credential_key
+                .clone()
+                .filter(|_| !config.insecure_no_auth),
             max_credential_ttl: config.max_credential_ttl_seconds,
             admin_token_hash: admin::hash_token(&keys.admin_token),
             limiter: FingerprintLimiter::new(

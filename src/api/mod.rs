@@ -35,6 +35,8 @@ pub struct AppState {
     pub secret: ServerSecret,
     /// Verifies caller credentials; `None` when auth is switched off for a demo.
     pub credential_key: Option<CredentialKey>,
+    /// The key being rotated out, still accepted (`--previous-credential-key-file`).
+    pub previous_credential_key: Option<CredentialKey>,
     /// Longest credential lifetime accepted, seconds.
     pub max_credential_ttl: u64,
     /// BLAKE3 hash of the admin token (compared in constant time).

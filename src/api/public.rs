@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use super::body::{media_type, read_limited};
 use super::codec::{self, Format};
 use super::{ApiError, EpochInfo, SharedState};
-use crate::domain::{Epoch, FINGERPRINT_BYTES, UserId};
+use crate::domain::{CredentialError, Epoch, FINGERPRINT_BYTES, UserId};
 use crate::rotation::EpochRefusal;
 
 /// The user every request is attributed to when auth is switched off.
@@ -51,7 +51,17 @@ fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<UserId, ApiE
     let token = super::bearer_token(headers).ok_or(ApiError::InvalidCredential(
         crate::domain::CredentialError::Malformed,
     ))?;
-    let credential = key.verify(token, state.clock.now_secs(), state.max_credential_ttl)?;
+    let now = state.clock.now_secs();
+    let credential = match (
+        key.verify(token, now, state.max_credential_ttl),
+        &state.previous_credential_key,
+    ) {
+        // During a key rotation, a MAC that fails under the new key may be from the old one.
+        (Err(CredentialError::BadMac), Some(previous)) => {
+            previous.verify(token, now, state.max_credential_ttl)?
+        }
+        (verified, _) => verified?,
+    };
     Ok(credential.user)
 }
 

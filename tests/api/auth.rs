@@ -121,6 +121,32 @@ async fn credential_minted_with_another_key_is_401_invalid_credential() {
     app.stop().await;
 }
 
+/// During a credential key rotation the key being rotated out is still accepted, and only that
+/// one: a third key is refused, and expiry still applies to old-key credentials.
+#[tokio::test]
+async fn the_previous_credential_key_is_accepted_during_a_rotation() {
+    let keys = tempfile::tempdir().unwrap();
+    let old_file = keys.path().join("old.key");
+    std::fs::write(&old_file, "17".repeat(32)).unwrap();
+    let old = CredentialKey::from_bytes([0x17; 32]);
+    let app = spawn_app_with(|c| c.previous_credential_key_file = Some(old_file)).await;
+    app.change(&[REGISTERED], &[], &[]).await;
+    let now = app.clock.now_secs();
+    let by_old = old.mint(&user("alice"), now + 3_600);
+    let response = post_with_authorization(&app, Some(&format!("Bearer {by_old}"))).await;
+    assert_eq!(response.0, 200, "{}", String::from_utf8_lossy(&response.2));
+    let by_current = app.credential("alice");
+    let response = post_with_authorization(&app, Some(&format!("Bearer {by_current}"))).await;
+    assert_eq!(response.0, 200);
+    let by_third = CredentialKey::from_bytes([0x18; 32]).mint(&user("alice"), now + 3_600);
+    let response = post_with_authorization(&app, Some(&format!("Bearer {by_third}"))).await;
+    assert_unauthorized(&response, "invalid_credential");
+    let expired = old.mint(&user("alice"), now - 1);
+    let response = post_with_authorization(&app, Some(&format!("Bearer {expired}"))).await;
+    assert_unauthorized(&response, "expired_credential");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn credential_living_longer_than_the_maximum_is_401_invalid_credential() {
     let app = spawn_app_with(|c| c.max_credential_ttl_seconds = 600).await;
