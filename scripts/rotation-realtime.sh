@@ -19,31 +19,11 @@ PORT=${PORT:-18180}
 ADMIN_PORT=${ADMIN_PORT:-19190}
 OUT=${OUT:-rotation-loadgen.json}
 
-if [ -z "${BIN:-}" ]; then
-    cargo build --release --locked --quiet
-    BIN=${CARGO_TARGET_DIR:-target}/release/contact-discovery
-fi
-WORK=$(mktemp -d)
-SERVER_PID=
-cleanup() {
-    [ -n "${SERVER_PID}" ] && kill "${SERVER_PID}" 2>/dev/null || true
-    rm -rf "${WORK}"
-}
-trap cleanup EXIT
-
-"${BIN}" registry generate --count "${REGISTRY}" --seed 1 > "${WORK}/registry.txt"
-"${BIN}" registry import --data-dir "${WORK}/data" "${WORK}/registry.txt" >&2
-"${BIN}" serve --data-dir "${WORK}/data" --listen "127.0.0.1:${PORT}" \
-    --admin-listen "127.0.0.1:${ADMIN_PORT}" \
-    --epoch-seconds "${EPOCH}" --epoch-grace-seconds "${GRACE}" \
-    --rate-limit-burst 1000000000 --rate-limit-refill-per-day 1000000000 \
-    --max-batch 50000 --log info 2> "${WORK}/server.log" &
-SERVER_PID=$!
-for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:${PORT}/readyz" > /dev/null && break
-    sleep 0.1
-done
-curl -sf "http://127.0.0.1:${PORT}/readyz" > /dev/null || { cat "${WORK}/server.log" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+prepare_run "${REGISTRY}"
+start_server "${PORT}" "${ADMIN_PORT}" --epoch-seconds "${EPOCH}" \
+    --epoch-grace-seconds "${GRACE}" --max-batch 50000 --log info
 
 echo "loadgen: ${DURATION} s at ${RATE} requests/s, epochs of ${EPOCH} s (grace ${GRACE} s)" >&2
 "${BIN}" loadgen --server "http://127.0.0.1:${PORT}" --data-dir "${WORK}/data" \

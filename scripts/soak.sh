@@ -19,23 +19,9 @@ RATE=${RATE:-200}
 LOADGEN_OUT=${LOADGEN_OUT:-soak-loadgen.json}
 ADMIN_PORT=${ADMIN_PORT:-19090}
 
-# BIN=path/to/contact-discovery skips the build and soaks that binary.
-if [ -z "${BIN:-}" ]; then
-    cargo build --release --locked --quiet
-    BIN=${CARGO_TARGET_DIR:-target}/release/contact-discovery
-fi
-WORK=$(mktemp -d)
-SERVER_PID=
-cleanup() {
-    [ -n "${SERVER_PID}" ] && kill "${SERVER_PID}" 2>/dev/null || true
-    jobs -p | xargs -r kill 2>/dev/null || true
-    rm -rf "${WORK}"
-}
-trap cleanup EXIT
-
-echo "generating ${REGISTRY} registered numbers" >&2
-"${BIN}" registry generate --count "${REGISTRY}" --seed 1 > "${WORK}/registry.txt"
-"${BIN}" registry import --data-dir "${WORK}/data" "${WORK}/registry.txt" >&2
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+prepare_run "${REGISTRY}"
 # Half the address book registered, half not (a different seed).
 {
     echo "Name,Phone 1 - Type,Phone 1 - Value"
@@ -43,16 +29,7 @@ echo "generating ${REGISTRY} registered numbers" >&2
     "${BIN}" registry generate --count $((BOOK / 2)) --seed 2 | awk '{print "U" NR ",Mobile," $1}'
 } > "${WORK}/book.csv"
 
-"${BIN}" serve --data-dir "${WORK}/data" --listen "127.0.0.1:${PORT}" \
-    --admin-listen "127.0.0.1:${ADMIN_PORT}" \
-    --rate-limit-burst 1000000000 --rate-limit-refill-per-day 1000000000 \
-    --log warn 2> "${WORK}/server.log" &
-SERVER_PID=$!
-for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:${PORT}/readyz" > /dev/null && break
-    sleep 0.1
-done
-curl -sf "http://127.0.0.1:${PORT}/readyz" > /dev/null || { cat "${WORK}/server.log" >&2; exit 1; }
+start_server "${PORT}" "${ADMIN_PORT}" --log warn
 CREDENTIAL=$("${BIN}" credential --user soak --ttl 2h --data-dir "${WORK}/data")
 
 END=$(( $(date +%s) + DURATION ))

@@ -286,14 +286,7 @@ async fn no_trace_of_a_query_is_kept_anywhere() {
     }
 
     // Everything operators can read.
-    let metrics = client
-        .get(format!("http://{}/metrics", server.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics(&client).await;
     let stats = client
         .get(format!("http://{}/admin/v1/stats", server.admin))
         .bearer_auth(ADMIN_TOKEN)

@@ -95,20 +95,35 @@ impl Cluster {
 
     /// Indexes into `NUMBERS` that `server` reports registered.
     async fn matches(&self, server: &Server) -> Vec<usize> {
+        let numbers: Vec<E164> = NUMBERS.iter().map(|n| E164::parse(n).unwrap()).collect();
+        let response = self.discover(server, &self.credential, &numbers).await;
+        assert_eq!(response.status(), 200);
+        let body = response.bytes().await.unwrap();
+        codec::decode_binary_response(&body, NUMBERS.len())
+            .unwrap()
+            .1
+    }
+
+    /// A binary discovery request for `numbers` under `server`'s current epoch.
+    async fn discover(
+        &self,
+        server: &Server,
+        credential: &str,
+        numbers: &[E164],
+    ) -> reqwest::Response {
         let info = server.epoch(&self.http).await;
         let salt = URL_SAFE_NO_PAD
             .decode(info["salt"].as_str().unwrap())
             .unwrap();
         let salt = Salt::from_bytes(salt.try_into().unwrap());
-        let fps: Vec<Fingerprint> = NUMBERS
+        let fps: Vec<Fingerprint> = numbers
             .iter()
-            .map(|n| Fingerprint::compute(&salt, E164::parse(n).unwrap()))
+            .map(|n| Fingerprint::compute(&salt, *n))
             .collect();
-        let response = self
-            .http
+        self.http
             .post(format!("http://{}/v1/discover", server.public))
             .header("content-type", Format::Binary.content_type())
-            .bearer_auth(&self.credential)
+            .bearer_auth(credential)
             .body(codec::encode_request(
                 Format::Binary,
                 info["epoch"].as_u64().unwrap(),
@@ -116,12 +131,7 @@ impl Cluster {
             ))
             .send()
             .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let body = response.bytes().await.unwrap();
-        codec::decode_binary_response(&body, NUMBERS.len())
             .unwrap()
-            .1
     }
 
     /// Waits (bounded) until `server` is ready and reports exactly `expected`.
@@ -393,27 +403,10 @@ async fn a_registry_that_did_not_come_from_the_stream_is_not_merged() {
 
 /// Status of a discovery request for `n` fingerprints (of unregistered numbers) by `credential`.
 async fn discover_n(cluster: &Cluster, server: &Server, credential: &str, n: usize) -> u16 {
-    let info = server.epoch(&cluster.http).await;
-    let salt = URL_SAFE_NO_PAD
-        .decode(info["salt"].as_str().unwrap())
-        .unwrap();
-    let salt = Salt::from_bytes(salt.try_into().unwrap());
-    let fps: Vec<Fingerprint> = (0..n as u64)
-        .map(|i| Fingerprint::compute(&salt, E164::from_u64(15_550_000_000 + i).unwrap()))
+    let numbers: Vec<E164> = (0..n as u64)
+        .map(|i| E164::from_u64(15_550_000_000 + i).unwrap())
         .collect();
-    let response = cluster
-        .http
-        .post(format!("http://{}/v1/discover", server.public))
-        .header("content-type", Format::Binary.content_type())
-        .bearer_auth(credential)
-        .body(codec::encode_request(
-            Format::Binary,
-            info["epoch"].as_u64().unwrap(),
-            &fps,
-        ))
-        .send()
-        .await
-        .unwrap();
+    let response = cluster.discover(server, credential, &numbers).await;
     let status = response.status().as_u16();
     if status == 429 {
         assert!(response.headers().contains_key("retry-after"));
@@ -425,16 +418,10 @@ async fn discover_n(cluster: &Cluster, server: &Server, credential: &str, n: usi
 
 /// The value of an unlabelled counter on `server`'s `/metrics`.
 async fn counter(cluster: &Cluster, server: &Server, name: &str) -> u64 {
-    let text = cluster
-        .http
-        .get(format!("http://{}/metrics", server.admin))
-        .send()
+    server
+        .metrics(&cluster.http)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or(0)
 }

@@ -118,6 +118,18 @@ impl Server {
             .unwrap()
     }
 
+    /// `GET /metrics` on the admin listener, as text.
+    pub async fn metrics(&self, client: &reqwest::Client) -> String {
+        client
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         rustix::process::kill_process(
