@@ -12,23 +12,29 @@
 //! If Redis is unreachable or slow (over `TIMEOUT`), the request is checked against the
 //! per-process limiter instead: the service stays up, and while Redis is down a user could get
 //! up to one budget per replica. Each fallback counts in
-//! `contact_discovery_rate_limit_fallbacks_total` and is logged at most every 10 s.
+//! `contact_discovery_rate_limit_fallbacks_total` and is logged at most every 10 s. After a
+//! failure the replica drops its connection and checks locally for `BACKOFF` before asking
+//! Redis again, so a hung Redis (or a dead TCP path) costs one slow request per second, not a
+//! 100 ms wait on every request, and the next attempt reconnects instead of reusing a
+//! connection that may never answer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
 
 use super::{FingerprintLimiter, Limited};
 use crate::domain::{ServerSecret, UserId};
 
-/// Longest wait for Redis before falling back to the local limiter.
+/// Longest wait for Redis before falling back to the local limiter, unless `with_timeout`.
 const TIMEOUT: Duration = Duration::from_millis(100);
 /// BLAKE3 `derive_key` context of the key that hides user ids. Fixed: changing it resets
 /// every shared budget.
 const KEY_CONTEXT: &str = "contact-discovery 2026-11 shared rate-limit user key v1";
 /// Fallback warnings at most this often.
 const WARN_EVERY_MS: u64 = 10_000;
+/// After a Redis failure, how long requests are checked locally without asking Redis.
+const BACKOFF: Duration = Duration::from_secs(1);
 
 /// GCRA over `n` cells: KEYS[1] holds the theoretical arrival time (µs); ARGV = emission
 /// interval (µs per fingerprint), tolerance (emission × burst), n. Returns {1, 0} when
@@ -61,6 +67,11 @@ pub struct SharedLimiter {
     burst: u64,
     fallbacks: prometheus::IntCounter,
     last_warn_ms: AtomicU64,
+    /// Origin of `skip_until_ms`.
+    started: Instant,
+    /// Until when (ms after `started`) not to ask Redis; 0 while it works.
+    skip_until_ms: AtomicU64,
+    timeout: Duration,
 }
 
 impl SharedLimiter {
@@ -85,7 +96,17 @@ impl SharedLimiter {
             burst: u64::from(burst),
             fallbacks,
             last_warn_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            skip_until_ms: AtomicU64::new(0),
+            timeout: TIMEOUT,
         })
+    }
+
+    /// The same limiter waiting at most `timeout` for Redis (100 ms by default) before it
+    /// falls back; tests on a loaded machine use it so only the test of slowness is about time.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The Redis key of `user`'s budget: `cd:rl:` and 16 bytes of a keyed BLAKE3, in hex.
@@ -116,9 +137,27 @@ impl SharedLimiter {
                 retry_after_secs: (self.tolerance_us / 1_000_000).max(1),
             });
         }
-        match tokio::time::timeout(TIMEOUT, self.ask_redis(user, n as u64)).await {
+        if self.since_start_ms() < self.skip_until_ms.load(Ordering::Relaxed) {
+            // Redis failed a moment ago: do not make this request wait for it too.
+            self.fallbacks.inc();
+            return local.check(user, n);
+        }
+        match tokio::time::timeout(self.timeout, self.ask_redis(user, n as u64)).await {
             Ok(Ok(verdict)) => verdict,
             failed => {
+                if failed.is_err() {
+                    // A connection that does not answer in time may never answer (a dead TCP
+                    // path is only noticed after minutes): reconnect next time. If the slot is
+                    // locked, someone is connecting afresh anyway.
+                    if let Ok(mut slot) = self.conn.try_lock() {
+                        *slot = None;
+                    }
+                }
+                let backoff_ms = u64::try_from(BACKOFF.as_millis()).unwrap_or(u64::MAX);
+                self.skip_until_ms.store(
+                    self.since_start_ms().saturating_add(backoff_ms),
+                    Ordering::Relaxed,
+                );
                 self.fallbacks.inc();
                 self.warn(match failed {
                     Ok(Err(_)) => "redis error",
@@ -127,6 +166,10 @@ impl SharedLimiter {
                 local.check(user, n)
             }
         }
+    }
+
+    fn since_start_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     async fn ask_redis(&self, user: &UserId, n: u64) -> Result<Result<(), Limited>, ()> {
@@ -205,15 +248,43 @@ mod tests {
 
     #[test]
     fn keys_hide_the_user_and_agree_across_replicas_sharing_the_secret() {
-        let alice = UserId::parse("alice").unwrap();
-        let bob = UserId::parse("bob").unwrap();
+        // Hex digits only, so a key that merely encoded the id could contain it verbatim.
+        let alice = UserId::parse("a11ce0").unwrap();
+        let bob = UserId::parse("b0b").unwrap();
         let (one, other_replica, other_secret) = (limiter(1), limiter(1), limiter(2));
         let key = one.key_of(&alice);
         assert_eq!(key, other_replica.key_of(&alice), "same secret, same key");
         assert_ne!(key, one.key_of(&bob));
         assert_ne!(key, other_secret.key_of(&alice));
-        assert!(!key.contains("alice"));
+        let id_hex: String = alice.as_str().bytes().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            !key.contains(alice.as_str()) && !key.contains(&id_hex),
+            "{key}"
+        );
+        assert!(
+            !key.contains(&blake3::hash(alice.as_str().as_bytes()).to_hex()[..16]),
+            "keyed, not a plain hash anyone can recompute"
+        );
+        assert!(key.starts_with("cd:rl:"));
         assert_eq!(key.len(), "cd:rl:".len() + 32);
+    }
+
+    #[test]
+    fn an_unparseable_url_is_refused_at_start() {
+        for url in [
+            "not a url",
+            "http://127.0.0.1:6379/",
+            "redis://127.0.0.1:6379/x",
+        ] {
+            let built = SharedLimiter::new(
+                url,
+                &ServerSecret::from_bytes([1; 32]),
+                100,
+                2_000,
+                prometheus::IntCounter::new("x", "x").unwrap(),
+            );
+            assert!(built.is_err(), "{url}");
+        }
     }
 
     #[tokio::test]
