@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # RUSTC_WRAPPER for scripts/fuzz-smoke.sh: adds libFuzzer's coverage instrumentation (the flags
 # cargo-fuzz passes, minus the nightly-only sanitizer) to our own crates only. Dependencies build
-# plain, so a CI run compiles the tree once at normal speed instead of instrumenting all of it.
+# plain, so they are the ones `cargo test` already built. Cargo does not see flags added here in
+# its fingerprints: after editing this file, `touch src/lib.rs` (or clean) to rebuild with them.
 rustc="$1"
 shift
 case " $* " in
