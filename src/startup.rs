@@ -333,18 +333,7 @@ pub fn public_router(state: SharedState) -> Router {
         .route("/v1/epoch", get(public::get_epoch))
         .route("/v1/discover", post(public::discover))
         .route_layer(from_fn_with_state(Arc::clone(&state), overload::shed_load));
-    Router::new()
-        .merge(shed)
-        .route("/healthz", get(public::healthz))
-        .route("/readyz", get(public::readyz))
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed)
-        .layer(CatchPanicLayer::custom(api::panic_response))
-        .layer(from_fn_with_state(
-            (Arc::clone(&state), Listener("public")),
-            api::observe,
-        ))
-        .with_state(state)
+    with_common_routes(shed, state, "public")
 }
 
 /// The admin routes: registrations and stats behind the admin token; metrics open.
@@ -353,16 +342,25 @@ pub fn admin_router(state: SharedState) -> Router {
         .route("/admin/v1/registrations", post(admin::change_registrations))
         .route("/admin/v1/stats", get(admin::stats))
         .route_layer(from_fn_with_state(Arc::clone(&state), admin::require_token));
-    Router::new()
-        .merge(protected)
-        .route("/metrics", get(admin::metrics))
+    let routes = protected.route("/metrics", get(admin::metrics));
+    with_common_routes(routes, state, "admin")
+}
+
+/// What both listeners have: health routes, JSON 404/405, panics caught into a fixed 500, and
+/// the metrics and access-log middleware outermost (so it sees every answer, panics included).
+fn with_common_routes(
+    routes: Router<SharedState>,
+    state: SharedState,
+    listener: &'static str,
+) -> Router {
+    routes
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(CatchPanicLayer::custom(api::panic_response))
         .layer(from_fn_with_state(
-            (Arc::clone(&state), Listener("admin")),
+            (Arc::clone(&state), Listener(listener)),
             api::observe,
         ))
         .with_state(state)

@@ -540,165 +540,99 @@ async fn every_response_on_both_listeners_carries_cache_control_no_store() {
     let good = codec::encode_request(Format::Binary, epoch, &[fp]);
     let client = &app.client;
 
-    let mut responses: Vec<(String, reqwest::Response)> = Vec::new();
-    let mut push = |what: &str, r: reqwest::Response| responses.push((what.to_owned(), r));
     let discover = || client.post(app.url("/v1/discover"));
-    push(
-        "epoch",
-        client.get(app.url("/v1/epoch")).send().await.unwrap(),
-    );
-    push(
-        "healthz",
-        client.get(app.url("/healthz")).send().await.unwrap(),
-    );
-    push(
-        "readyz",
-        client.get(app.url("/readyz")).send().await.unwrap(),
-    );
-    push(
-        "200",
-        discover()
-            .bearer_auth(&credential)
-            .header("content-type", "application/octet-stream")
-            .body(good.clone())
-            .send()
-            .await
-            .unwrap(),
-    );
-    push(
-        "400",
-        discover()
-            .bearer_auth(&credential)
-            .header("content-type", "application/json")
-            .body("{")
-            .send()
-            .await
-            .unwrap(),
-    );
-    push(
-        "401",
-        discover()
-            .header("content-type", "application/octet-stream")
-            .body(good.clone())
-            .send()
-            .await
-            .unwrap(),
-    );
-    push(
-        "410",
-        discover()
-            .bearer_auth(&credential)
-            .header("content-type", "application/octet-stream")
-            .body(codec::encode_request(Format::Binary, 0, &[fp]))
-            .send()
-            .await
-            .unwrap(),
-    );
-    push(
-        "413",
-        discover()
-            .bearer_auth(&credential)
-            .header("content-type", "application/octet-stream")
-            .body(vec![0u8; 8 + 8 * 102])
-            .send()
-            .await
-            .unwrap(),
-    );
-    push(
-        "415",
-        discover()
-            .bearer_auth(&credential)
-            .header("content-type", "text/plain")
-            .body(good.clone())
-            .send()
-            .await
-            .unwrap(),
-    );
-    push(
-        "422",
-        discover()
-            .bearer_auth(&credential)
-            .header("content-type", "application/octet-stream")
-            .body(vec![0u8; 11])
-            .send()
-            .await
-            .unwrap(),
-    );
-    push("404", client.get(app.url("/nope")).send().await.unwrap());
-    push(
-        "405",
-        client.get(app.url("/v1/discover")).send().await.unwrap(),
-    );
-    push(
-        "admin 200 stats",
-        client
-            .get(app.admin_url("/admin/v1/stats"))
-            .bearer_auth(crate::helpers::ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    );
-    push(
-        "admin 200 registrations",
-        client
-            .post(app.admin_url("/admin/v1/registrations"))
-            .bearer_auth(crate::helpers::ADMIN_TOKEN)
-            .json(&serde_json::json!({ "add": ["+15550004444"] }))
-            .send()
-            .await
-            .unwrap(),
-    );
-    push(
-        "admin 401",
-        client
-            .get(app.admin_url("/admin/v1/stats"))
-            .send()
-            .await
-            .unwrap(),
-    );
-    push(
-        "admin 422",
-        client
-            .post(app.admin_url("/admin/v1/registrations"))
-            .bearer_auth(crate::helpers::ADMIN_TOKEN)
-            .json(&serde_json::json!({ "add": ["0049"] }))
-            .send()
-            .await
-            .unwrap(),
-    );
-    push(
-        "admin metrics",
-        client.get(app.admin_url("/metrics")).send().await.unwrap(),
-    );
-    push(
-        "admin healthz",
-        client.get(app.admin_url("/healthz")).send().await.unwrap(),
-    );
-    push(
-        "admin readyz",
-        client.get(app.admin_url("/readyz")).send().await.unwrap(),
-    );
-    push(
-        "admin 404",
-        client.get(app.admin_url("/nope")).send().await.unwrap(),
-    );
-    push(
-        "admin 405",
-        client
-            .delete(app.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap(),
-    );
-    push(
-        "public admin path 404",
-        client
-            .get(app.url("/admin/v1/stats"))
-            .bearer_auth(crate::helpers::ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    );
+    // Every route and status on both listeners: (what, request).
+    let requests: Vec<(&str, reqwest::RequestBuilder)> = vec![
+        ("epoch", client.get(app.url("/v1/epoch"))),
+        ("healthz", client.get(app.url("/healthz"))),
+        ("readyz", client.get(app.url("/readyz"))),
+        (
+            "200",
+            discover()
+                .bearer_auth(&credential)
+                .header("content-type", "application/octet-stream")
+                .body(good.clone()),
+        ),
+        (
+            "400",
+            discover()
+                .bearer_auth(&credential)
+                .header("content-type", "application/json")
+                .body("{"),
+        ),
+        (
+            "401",
+            discover()
+                .header("content-type", "application/octet-stream")
+                .body(good.clone()),
+        ),
+        (
+            "410",
+            discover()
+                .bearer_auth(&credential)
+                .header("content-type", "application/octet-stream")
+                .body(codec::encode_request(Format::Binary, 0, &[fp])),
+        ),
+        (
+            "413",
+            discover()
+                .bearer_auth(&credential)
+                .header("content-type", "application/octet-stream")
+                .body(vec![0u8; 8 + 8 * 102]),
+        ),
+        (
+            "415",
+            discover()
+                .bearer_auth(&credential)
+                .header("content-type", "text/plain")
+                .body(good.clone()),
+        ),
+        (
+            "422",
+            discover()
+                .bearer_auth(&credential)
+                .header("content-type", "application/octet-stream")
+                .body(vec![0u8; 11]),
+        ),
+        ("404", client.get(app.url("/nope"))),
+        ("405", client.get(app.url("/v1/discover"))),
+        (
+            "admin 200 stats",
+            client
+                .get(app.admin_url("/admin/v1/stats"))
+                .bearer_auth(crate::helpers::ADMIN_TOKEN),
+        ),
+        (
+            "admin 200 registrations",
+            client
+                .post(app.admin_url("/admin/v1/registrations"))
+                .bearer_auth(crate::helpers::ADMIN_TOKEN)
+                .json(&serde_json::json!({ "add": ["+15550004444"] })),
+        ),
+        ("admin 401", client.get(app.admin_url("/admin/v1/stats"))),
+        (
+            "admin 422",
+            client
+                .post(app.admin_url("/admin/v1/registrations"))
+                .bearer_auth(crate::helpers::ADMIN_TOKEN)
+                .json(&serde_json::json!({ "add": ["0049"] })),
+        ),
+        ("admin metrics", client.get(app.admin_url("/metrics"))),
+        ("admin healthz", client.get(app.admin_url("/healthz"))),
+        ("admin readyz", client.get(app.admin_url("/readyz"))),
+        ("admin 404", client.get(app.admin_url("/nope"))),
+        ("admin 405", client.delete(app.admin_url("/metrics"))),
+        (
+            "public admin path 404",
+            client
+                .get(app.url("/admin/v1/stats"))
+                .bearer_auth(crate::helpers::ADMIN_TOKEN),
+        ),
+    ];
+    let mut responses = Vec::new();
+    for (what, request) in requests {
+        responses.push((what, request.send().await.unwrap()));
+    }
 
     for (what, response) in responses {
         assert_eq!(
