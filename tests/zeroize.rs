@@ -90,52 +90,33 @@ async fn request_and_response_buffers_are_wiped_before_they_are_freed() {
     .await;
     assert!(caught >= 1, "the watching allocator must see a plain Vec");
 
-    // Binary request: body → limited reader → decoder → lookup bitmap → encoded response.
-    let found = freed_with_marker(async {
-        let mut bytes = Zeroizing::new(Vec::with_capacity(8 + 8 * 4));
-        bytes.extend_from_slice(&7u64.to_be_bytes());
-        for _ in 0..4 {
-            bytes.extend_from_slice(&raw);
-        }
-        let body = read_limited(
-            &headers,
-            body_of(&mut bytes),
-            1 << 20,
-            std::time::Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-        let request = codec::decode(Format::Binary, &body, 100).unwrap();
-        assert_eq!(request.fingerprints.len(), 4);
-        drop(body);
-        drop(request);
-    })
-    .await;
-    assert_eq!(found, 0, "binary request buffers freed without wiping");
-
-    // JSON request.
-    let found = freed_with_marker(async {
-        let mut bytes = Zeroizing::new(Vec::with_capacity(256));
-        bytes.extend_from_slice(b"{\"epoch\":7,\"fingerprints\":[\"");
-        bytes.extend_from_slice(text.as_bytes());
-        bytes.extend_from_slice(b"\",\"");
-        bytes.extend_from_slice(text.as_bytes());
-        bytes.extend_from_slice(b"\"]}");
-        let body = read_limited(
-            &headers,
-            body_of(&mut bytes),
-            1 << 20,
-            std::time::Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-        let request = codec::decode(Format::Json, &body, 100).unwrap();
-        assert_eq!(request.fingerprints.len(), 2);
-        drop(body);
-        drop(request);
-    })
-    .await;
-    assert_eq!(found, 0, "JSON request buffers freed without wiping");
+    // Requests, binary then JSON: body → limited reader → decoder, each buffer dropped.
+    let mut binary = 7u64.to_be_bytes().to_vec();
+    for _ in 0..4 {
+        binary.extend_from_slice(&raw);
+    }
+    let text = text.as_str();
+    let json = format!(r#"{{"epoch":7,"fingerprints":["{text}","{text}"]}}"#).into_bytes();
+    for (format, request, count) in [(Format::Binary, binary, 4), (Format::Json, json, 2)] {
+        let found = freed_with_marker(async {
+            // The test's own copy is wiped too, so only the code under test can leak.
+            let mut bytes = Zeroizing::new(request);
+            let body = read_limited(
+                &headers,
+                body_of(&mut bytes),
+                1 << 20,
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            let decoded = codec::decode(format, &body, 100).unwrap();
+            assert_eq!(decoded.fingerprints.len(), count);
+            drop(body);
+            drop(decoded);
+        })
+        .await;
+        assert_eq!(found, 0, "{format:?} request buffers freed without wiping");
+    }
 
     // Response: a bitmap equal to the marker, encoded, handed to a response body and consumed.
     let found = freed_with_marker(async {
