@@ -3,6 +3,8 @@
 //! an error, not a silent pass), and every metric the dashboard and the alert rules query is one
 //! a real running server exports on `/metrics`.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,23 +22,14 @@ fn deploy_dir() -> PathBuf {
 
 /// Every file under `dir` (recursively) whose name ends with one of `extensions`.
 fn files_with(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if extensions
+    common::files_under(dir)
+        .into_iter()
+        .filter(|path| {
+            extensions
                 .iter()
                 .any(|e| path.extension().is_some_and(|x| x == *e))
-            {
-                found.push(path);
-            }
-        }
-    }
-    found.sort();
-    found
+        })
+        .collect()
 }
 
 /// All documents of a (possibly multi-document) YAML file, as JSON values.

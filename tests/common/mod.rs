@@ -158,6 +158,24 @@ impl Server {
     }
 }
 
+/// Every file under `dir`, recursively, sorted.
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 /// `registry export` of `data_dir`, one line per registration.
 pub fn export(data_dir: &Path) -> Vec<String> {
     let out = Command::new(BIN)
