@@ -15,6 +15,7 @@ pub mod loadgen;
 pub mod log_safe;
 pub mod metrics;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod registry;
 pub mod replication;
 pub mod rotation;

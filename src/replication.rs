@@ -24,13 +24,15 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamRangeReply, StreamReadReply};
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
+use crate::redis_link::RedisLink;
 use crate::registry::record::{decode_record, encode_record};
 use crate::registry::{Op, Registry, RegistryError, decode_snapshot, encode_snapshot};
 
@@ -150,8 +152,7 @@ struct SnapshotMeta {
 /// This process's end of the shared registry: appends admin changes to the stream, follows it
 /// into the local registry, loads and publishes snapshots.
 pub struct Replica {
-    client: redis::Client,
-    writer: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    redis: RedisLink,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     applied: tokio::sync::watch::Sender<StreamPos>,
@@ -170,18 +171,17 @@ impl Replica {
         metrics: Arc<Metrics>,
         snapshot_every: u64,
     ) -> Result<Arc<Self>, ReplicationError> {
-        let client = redis::Client::open(url)?;
+        let redis = RedisLink::open(url)?;
         let start = read_position(registry.dir())?.unwrap_or_default();
         metrics.replication.synced.set(0);
         Ok(Arc::new(Self {
-            client,
-            writer: tokio::sync::Mutex::new(None),
+            redis,
             registry,
             metrics,
             applied: tokio::sync::watch::channel(start).0,
             synced: AtomicBool::new(false),
             snapshot_every: snapshot_every.max(1),
-            last_contact_ms: AtomicU64::new(now_ms()),
+            last_contact_ms: AtomicU64::new(Clock::System.now_millis()),
         }))
     }
 
@@ -195,30 +195,11 @@ impl Replica {
         *self.applied.borrow()
     }
 
-    async fn connect(&self) -> Result<MultiplexedConnection, ReplicationError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(30)));
-        Ok(self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
-    }
-
     /// Appends `ops` to the shared stream as one entry and returns its id. Once this returns,
     /// the change is as durable as Redis is (run it with `appendfsync always`).
     pub async fn append(&self, ops: &[Op]) -> Result<StreamPos, ReplicationError> {
         let record = encode_record(ops);
-        let mut slot = self.writer.lock().await;
-        let mut conn = match slot.as_ref() {
-            Some(conn) => conn.clone(),
-            None => {
-                let conn = self.connect().await?;
-                *slot = Some(conn.clone());
-                conn
-            }
-        };
-        drop(slot);
+        let mut conn = self.redis.shared().await?;
         let added: Result<String, _> = redis::cmd("XADD")
             .arg(STREAM)
             .arg("*")
@@ -231,8 +212,7 @@ impl Replica {
                 .parse()
                 .map_err(|_| ReplicationError::BadSnapshot("XADD returned no entry id")),
             Err(err) => {
-                // Reconnect on the next write.
-                *self.writer.lock().await = None;
+                self.redis.forget();
                 self.metrics.replication.errors.inc();
                 Err(err.into())
             }
@@ -252,7 +232,7 @@ impl Replica {
         let mut backoff = Duration::from_millis(100);
         loop {
             let result = async {
-                let mut conn = self.connect().await?;
+                let mut conn = self.redis.connect().await?;
                 let head = self.initial_sync(&mut conn).await?;
                 backoff = Duration::from_millis(100);
                 self.follow(&mut conn, head).await
@@ -269,7 +249,9 @@ impl Replica {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             // Unreachable: behind by at least the time since the stream was last read.
-            let since = now_ms().saturating_sub(self.last_contact_ms.load(Ordering::Relaxed));
+            let since = Clock::System
+                .now_millis()
+                .saturating_sub(self.last_contact_ms.load(Ordering::Relaxed));
             self.metrics
                 .replication
                 .lag_seconds
@@ -291,7 +273,7 @@ impl Replica {
         let counts = self.registry.counts();
         let local_numbers = counts.discoverable + counts.hidden;
         match (local, meta.clone()) {
-            (Some(pos), Some(meta)) if pos < meta.id && first.is_none_or(|f| f > pos) => {
+            (Some(pos), Some(meta)) if trimmed_past(pos, &meta, first) => {
                 crate::safe_info!(
                     "resume point was trimmed from the registry stream; loading the shared snapshot",
                     resume_point = pos,
@@ -345,29 +327,30 @@ impl Replica {
                 .arg(pos.to_string())
                 .query_async(conn)
                 .await?;
-            self.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+            self.last_contact_ms
+                .store(Clock::System.now_millis(), Ordering::Relaxed);
             let entries = reply
                 .and_then(|r| r.keys.into_iter().next())
                 .map(|k| k.ids)
                 .unwrap_or_default();
+            let meta = read_meta(conn).await?;
             if entries.is_empty() {
                 self.metrics.replication.lag_seconds.set(0);
-                self.maybe_publish(conn).await?;
+                self.maybe_publish(conn, meta.as_ref()).await?;
                 continue;
             }
             // A snapshot newer than our position may have trimmed entries we never saw.
-            if let Some(meta) = read_meta(conn).await?
+            // (`meta.id > pos` first: it spares the XRANGE when no newer snapshot exists.)
+            if let Some(meta) = &meta
                 && meta.id > pos
-                && stream_end(conn, "XRANGE", "-", "+")
-                    .await?
-                    .is_none_or(|first| first > pos)
+                && trimmed_past(pos, meta, stream_end(conn, "XRANGE", "-", "+").await?)
             {
                 crate::safe_warn!(
                     "this replica fell behind a trimmed registry stream; loading the shared snapshot",
                     resume_point = pos,
                     snapshot = meta.id,
                 );
-                self.load_snapshot(conn, meta).await?;
+                self.load_snapshot(conn, meta.clone()).await?;
                 continue;
             }
             let full = entries.len() == READ_COUNT;
@@ -401,12 +384,12 @@ impl Replica {
             self.set_position(last).await?;
             // A full batch means more is waiting: report how old the last applied entry is.
             let lag = if full {
-                now_ms().saturating_sub(last.ms) / 1000
+                Clock::System.now_millis().saturating_sub(last.ms) / 1000
             } else {
                 0
             };
             self.metrics.replication.lag_seconds.set(lag as i64);
-            self.maybe_publish(conn).await?;
+            self.maybe_publish(conn, meta.as_ref()).await?;
         }
     }
 
@@ -466,14 +449,16 @@ impl Replica {
         self.set_position(meta.id).await
     }
 
-    /// Publishes a snapshot once `snapshot_every` entries were added since the last one.
+    /// Publishes a snapshot once `snapshot_every` entries were added since the last one
+    /// (`meta`, as read this round).
     async fn maybe_publish(
         &self,
         conn: &mut MultiplexedConnection,
+        meta: Option<&SnapshotMeta>,
     ) -> Result<(), ReplicationError> {
         let since = entries_added(conn)
             .await?
-            .saturating_sub(read_meta(conn).await?.map_or(0, |m| m.added));
+            .saturating_sub(meta.map_or(0, |m| m.added));
         if since >= self.snapshot_every {
             self.publish_snapshot(conn).await?;
         }
@@ -488,7 +473,7 @@ impl Replica {
         &self,
         conn: &mut MultiplexedConnection,
     ) -> Result<bool, ReplicationError> {
-        let token = format!("{}-{}", std::process::id(), now_ms());
+        let token = format!("{}-{}", std::process::id(), Clock::System.now_millis());
         let locked: Option<String> = redis::cmd("SET")
             .arg(PUBLISH_LOCK)
             .arg(&token)
@@ -566,6 +551,12 @@ impl Replica {
         );
         Ok(true)
     }
+}
+
+/// Whether entries after `pos` may be gone: a newer snapshot exists and the stream now starts
+/// after `pos` (or is empty), so resuming from `pos` could skip changes; load the snapshot.
+fn trimmed_past(pos: StreamPos, meta: &SnapshotMeta, first: Option<StreamPos>) -> bool {
+    pos < meta.id && first.is_none_or(|f| f > pos)
 }
 
 fn chunk_key(prefix: &str, i: u64) -> String {
@@ -680,12 +671,6 @@ fn write_position(dir: &Path, pos: StreamPos) -> Result<(), ReplicationError> {
     use std::io::Write;
     crate::registry::write_atomically(dir, POSITION_FILE, |out| writeln!(out, "{pos}"))?;
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

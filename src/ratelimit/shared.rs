@@ -19,12 +19,12 @@
 //! connection that may never answer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use redis::aio::MultiplexedConnection;
+use std::time::{Duration, Instant};
 
 use super::{FingerprintLimiter, Limited};
+use crate::clock::Clock;
 use crate::domain::{ServerSecret, UserId};
+use crate::redis_link::RedisLink;
 
 /// Longest wait for Redis before falling back to the local limiter, unless `with_timeout`.
 const TIMEOUT: Duration = Duration::from_millis(100);
@@ -58,8 +58,7 @@ return {1, 0}
 
 /// Shared per-user budgets in Redis, with the local limiter as the fallback.
 pub struct SharedLimiter {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    redis: RedisLink,
     script: redis::Script,
     user_key: zeroize::Zeroizing<[u8; 32]>,
     emission_us: u64,
@@ -87,8 +86,7 @@ impl SharedLimiter {
     ) -> Result<Self, redis::RedisError> {
         let emission_us = (86_400_000_000 / u64::from(refill_per_day.max(1))).max(1);
         Ok(Self {
-            client: redis::Client::open(url)?,
-            conn: tokio::sync::Mutex::new(None),
+            redis: RedisLink::open(url)?,
             script: redis::Script::new(GCRA),
             user_key: zeroize::Zeroizing::new(secret.derive(KEY_CONTEXT)),
             emission_us,
@@ -147,11 +145,8 @@ impl SharedLimiter {
             failed => {
                 if failed.is_err() {
                     // A connection that does not answer in time may never answer (a dead TCP
-                    // path is only noticed after minutes): reconnect next time. If the slot is
-                    // locked, someone is connecting afresh anyway.
-                    if let Ok(mut slot) = self.conn.try_lock() {
-                        *slot = None;
-                    }
+                    // path is only noticed after minutes): reconnect next time.
+                    self.redis.forget();
                 }
                 let backoff_ms = u64::try_from(BACKOFF.as_millis()).unwrap_or(u64::MAX);
                 self.skip_until_ms.store(
@@ -173,21 +168,7 @@ impl SharedLimiter {
     }
 
     async fn ask_redis(&self, user: &UserId, n: u64) -> Result<Result<(), Limited>, ()> {
-        let mut conn = {
-            let mut slot = self.conn.lock().await;
-            match slot.as_ref() {
-                Some(conn) => conn.clone(),
-                None => {
-                    let conn = self
-                        .client
-                        .get_multiplexed_async_connection()
-                        .await
-                        .map_err(drop)?;
-                    *slot = Some(conn.clone());
-                    conn
-                }
-            }
-        };
+        let mut conn = self.redis.shared().await.map_err(drop)?;
         let reply: Result<(i64, i64), _> = self
             .script
             .key(self.key_of(user))
@@ -205,17 +186,14 @@ impl SharedLimiter {
                 }))
             }
             Err(_) => {
-                // Reconnect on the next request.
-                *self.conn.lock().await = None;
+                self.redis.forget();
                 Err(())
             }
         }
     }
 
     fn warn(&self, why: &'static str) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = Clock::System.now_millis();
         let last = self.last_warn_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= WARN_EVERY_MS
             && self
