@@ -240,11 +240,7 @@ pub async fn discover(
 
 /// `discover` from the command line: runs it on a fresh runtime and prints text or JSON.
 pub fn discover_and_print(args: &DiscoverArgs) -> Result<(), CommandError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(io("starting the async runtime"))?;
-    let report = runtime.block_on(discover(args))?;
+    let report = block_on(discover(args))??;
     print_report(args.json, &report, || report.render_text())
 }
 
@@ -283,11 +279,7 @@ pub fn loadgen(args: &crate::loadgen::LoadgenArgs) -> Result<(), CommandError> {
 /// `healthcheck`: exits 0 if `url` answers 200 within `timeout`, else fails. For a container
 /// `HEALTHCHECK` in an image that has no shell or curl (distroless).
 pub fn healthcheck(url: &str, timeout: std::time::Duration) -> Result<(), CommandError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(io("starting the async runtime"))?;
-    let status = runtime.block_on(async {
+    let status = block_on(async {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -298,10 +290,19 @@ pub fn healthcheck(url: &str, timeout: std::time::Duration) -> Result<(), Comman
             .await
             .map_err(|e| CommandError::Refused(format!("{url}: {e}")))?;
         Ok::<_, CommandError>(response.status())
-    })?;
+    })??;
     if status.is_success() {
         Ok(())
     } else {
         Err(CommandError::Refused(format!("{url}: {status}")))
     }
+}
+
+/// Runs `future` to completion on a fresh single-threaded runtime (the one-shot client commands).
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, CommandError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting the async runtime"))?;
+    Ok(runtime.block_on(future))
 }

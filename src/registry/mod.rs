@@ -458,32 +458,31 @@ impl Registry {
     /// Replaces nothing, adds everything: merges `entries` in and writes a fresh snapshot, all or
     /// nothing (the snapshot is renamed into place only once complete).
     pub fn import(&self, entries: &[(E164, Visibility)]) -> Result<u64, RegistryError> {
-        let mut log = self.log.lock();
-        if log.poisoned {
-            return Err(RegistryError::Poisoned);
-        }
-        let mut merged = self.state.read().clone();
-        merged.set_many(entries);
-        write_snapshot(&self.dir, &merged.base)?;
-        reset_log(&self.dir, &mut log)?;
-        *self.state.write() = merged;
-        let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
-        drop(log);
-        self.changed.notify_one();
-        Ok(version)
+        self.replace_state(|| {
+            let mut merged = self.state.read().clone();
+            merged.set_many(entries);
+            merged
+        })
     }
 
     /// Makes the registry exactly `entries` (sorted raw entries, as from [`decode_snapshot`]):
     /// a new snapshot is written and the log emptied, all or nothing. A replica loading the
     /// shared snapshot uses this; everything held before is replaced.
     pub fn replace_all(&self, entries: Vec<u64>) -> Result<u64, RegistryError> {
+        self.replace_state(|| State::from_sorted(entries))
+    }
+
+    /// Writes the state `make` builds (under the log lock, so no change lands meanwhile) as a
+    /// new snapshot, empties the log and swaps it in: all or nothing.
+    fn replace_state(&self, make: impl FnOnce() -> State) -> Result<u64, RegistryError> {
         let mut log = self.log.lock();
         if log.poisoned {
             return Err(RegistryError::Poisoned);
         }
-        write_snapshot(&self.dir, &entries)?;
+        let new = make();
+        write_snapshot(&self.dir, &new.base)?;
         reset_log(&self.dir, &mut log)?;
-        *self.state.write() = State::from_sorted(entries);
+        *self.state.write() = new;
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         drop(log);
         self.changed.notify_one();
