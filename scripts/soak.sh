@@ -74,7 +74,7 @@ wait ${LOAD_PIDS} 2>/dev/null || true
 
 runs=$(cat "${WORK}"/runs-* 2>/dev/null | awk '{s+=$1} END {print s+0}' || true)
 failures=$( [ -f "${WORK}/failures" ] && wc -l < "${WORK}/failures" || echo 0)
-requests=$(curl -s "http://127.0.0.1:${ADMIN_PORT}/metrics" \
+requests=$(curl -s "http://127.0.0.1:${ADMIN_PORT}/metrics" -H "Authorization: Bearer $(cat "${WORK}/data/metrics.token")" \
     | awk '/^[a-z_]*http_requests_total/ && /discover/ && /status="200"/ {s+=$NF} END {print s+0}' \
     || true)
 awk -F, -v load="${LOAD}" -v runs="${runs}" -v failures="${failures}" -v requests="${requests}" '

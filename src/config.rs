@@ -68,6 +68,25 @@ pub struct Config {
     pub max_connections: usize,
     /// Most public requests in flight; more are shed with 503 `overloaded` and `Retry-After`.
     pub max_in_flight: usize,
+    /// Most discovery requests one user may have in flight; more get 429 `user_in_flight`
+    /// (0: no cap).
+    pub max_in_flight_per_user: usize,
+    /// After its first second, a request body must average at least this many bytes per second,
+    /// or the answer is 408 `body_too_slow` (0: no minimum rate).
+    pub min_body_bytes_per_second: u64,
+    /// A write to a connection that makes no progress for this many milliseconds (the peer
+    /// stopped reading) closes the connection.
+    pub write_timeout_ms: u64,
+    /// A connection finishes its current request and closes after this many seconds.
+    pub max_connection_age_seconds: u64,
+    /// Most requests served on one connection before it is closed.
+    pub max_requests_per_connection: u32,
+    /// Most open connections from one client address per listener; more are closed at once
+    /// (0: no cap; behind a proxy, set it above the proxy's connection pool or to 0).
+    pub max_connections_per_address: u32,
+    /// Bearer token that may read `/metrics` (the admin token may too); generated into
+    /// `<data-dir>/metrics.token` when unset.
+    pub metrics_token: Option<String>,
     /// Redis holding the registry's change stream and snapshot, shared by every replica
     /// (`redis://host:port/db`); unset: this process's registry stands alone.
     pub registry_redis_url: Option<String>,
@@ -106,6 +125,13 @@ impl Default for Config {
             body_read_timeout_ms: 30_000,
             max_connections: 4_096,
             max_in_flight: 1_024,
+            max_in_flight_per_user: 4,
+            min_body_bytes_per_second: 1_024,
+            write_timeout_ms: 10_000,
+            max_connection_age_seconds: 600,
+            max_requests_per_connection: 1_000,
+            max_connections_per_address: 128,
+            metrics_token: None,
             registry_redis_url: None,
             registry_snapshot_every: 10_000,
             rate_limit_redis_url: None,
@@ -148,6 +174,22 @@ impl std::fmt::Debug for Config {
             .field("body_read_timeout_ms", &self.body_read_timeout_ms)
             .field("max_connections", &self.max_connections)
             .field("max_in_flight", &self.max_in_flight)
+            .field("max_in_flight_per_user", &self.max_in_flight_per_user)
+            .field("min_body_bytes_per_second", &self.min_body_bytes_per_second)
+            .field("write_timeout_ms", &self.write_timeout_ms)
+            .field(
+                "max_connection_age_seconds",
+                &self.max_connection_age_seconds,
+            )
+            .field(
+                "max_requests_per_connection",
+                &self.max_requests_per_connection,
+            )
+            .field(
+                "max_connections_per_address",
+                &self.max_connections_per_address,
+            )
+            .field("metrics_token", &set(&self.metrics_token))
             // A Redis URL may carry a password.
             .field("registry_redis_url", &set(&self.registry_redis_url))
             .field("registry_snapshot_every", &self.registry_snapshot_every)
@@ -280,6 +322,34 @@ pub struct ServeArgs {
     #[arg(long, env = "CONTACT_DISCOVERY_MAX_IN_FLIGHT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
+    /// Most discovery requests of one user in flight, 0 for no cap [default: 4].
+    #[arg(long, env = "CONTACT_DISCOVERY_MAX_IN_FLIGHT_PER_USER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_user: Option<usize>,
+    /// Slowest average body rate after the first second, bytes/s, 0 for none [default: 1024].
+    #[arg(long, env = "CONTACT_DISCOVERY_MIN_BODY_BYTES_PER_SECOND")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_body_bytes_per_second: Option<u64>,
+    /// Milliseconds a write may make no progress before the connection closes [default: 10000].
+    #[arg(long, env = "CONTACT_DISCOVERY_WRITE_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_timeout_ms: Option<u64>,
+    /// Seconds after which a connection closes once its current request is done [default: 600].
+    #[arg(long, env = "CONTACT_DISCOVERY_MAX_CONNECTION_AGE_SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connection_age_seconds: Option<u64>,
+    /// Most requests served on one connection [default: 1000].
+    #[arg(long, env = "CONTACT_DISCOVERY_MAX_REQUESTS_PER_CONNECTION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// Most open connections per client address and listener, 0 for no cap [default: 128].
+    #[arg(long, env = "CONTACT_DISCOVERY_MAX_CONNECTIONS_PER_ADDRESS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_address: Option<u32>,
+    /// Bearer token for /metrics (the admin token works too) [default: generated into DATA_DIR/metrics.token].
+    #[arg(long, env = "CONTACT_DISCOVERY_METRICS_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_token: Option<String>,
     /// Redis URL of the registry change stream shared by all replicas [default: none, standalone].
     #[arg(long, env = "CONTACT_DISCOVERY_REGISTRY_REDIS_URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -332,8 +402,18 @@ impl Config {
         if self.max_credential_ttl_seconds == 0 {
             return invalid("max_credential_ttl_seconds must be positive");
         }
-        if self.header_read_timeout_ms == 0 || self.body_read_timeout_ms == 0 {
-            return invalid("header_read_timeout_ms and body_read_timeout_ms must be positive");
+        if self.header_read_timeout_ms == 0
+            || self.body_read_timeout_ms == 0
+            || self.write_timeout_ms == 0
+        {
+            return invalid(
+                "header_read_timeout_ms, body_read_timeout_ms and write_timeout_ms must be positive",
+            );
+        }
+        if self.max_connection_age_seconds == 0 || self.max_requests_per_connection == 0 {
+            return invalid(
+                "max_connection_age_seconds and max_requests_per_connection must be positive",
+            );
         }
         let permits = 1..=(u32::MAX as usize);
         if !permits.contains(&self.max_connections) || !permits.contains(&self.max_in_flight) {
@@ -345,6 +425,13 @@ impl Config {
             .is_some_and(|t| t.trim().len() < 16)
         {
             return invalid("admin_token must be at least 16 characters");
+        }
+        if self
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.trim().len() < 16)
+        {
+            return invalid("metrics_token must be at least 16 characters");
         }
         Ok(())
     }
@@ -419,6 +506,7 @@ mod tests {
     fn debug_hides_secrets() {
         let c = Config {
             admin_token: Some("super-secret-admin-token".into()),
+            metrics_token: Some("super-secret-metrics-token".into()),
             server_secret: Some("ab".repeat(32)),
             ..Config::default()
         };

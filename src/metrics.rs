@@ -1,7 +1,10 @@
 //! Every Prometheus metric the service exports, in one place.
 //!
 //! Labels are limited to route templates, listener names and status codes: nothing derived from
-//! a fingerprint, a number or a user ever becomes a label or a value.
+//! a fingerprint, a number or a user ever becomes a label or a value. No metric is derived from
+//! match results either: a counter of matches moved by exactly the number of a query's registered
+//! contacts, which a scraper could read per query (issue 11, finding 5;
+//! `tests/no_retention.rs` fails on any series that moves with the number of matches).
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -19,8 +22,9 @@ pub struct Metrics {
     pub fingerprints: IntCounter,
     /// Fingerprints per discovery request.
     pub batch_size: Histogram,
-    /// Fingerprints that matched a registered user (aggregate only).
-    pub matches: IntCounter,
+    /// Connections a listener cut short, by listener and reason (`per_address_cap`,
+    /// `write_timeout`, `max_age`). Nothing about what the connection carried.
+    pub connections_cut: IntCounterVec,
     /// Discovery requests refused by the rate limiter.
     pub rate_limited: IntCounter,
     /// Rate-limit checks that fell back to this process's budget because the shared one
@@ -138,12 +142,13 @@ impl Metrics {
                         25_000.0, 50_000.0,
                     ]),
             )?,
-            matches: IntCounter::with_opts(
+            connections_cut: IntCounterVec::new(
                 Opts::new(
-                    "matches_total",
-                    "Fingerprints that matched a registered user",
+                    "connections_cut_total",
+                    "Connections refused or closed early, by listener and reason",
                 )
                 .namespace(NS),
+                &["listener", "reason"],
             )?,
             rate_limited: IntCounter::with_opts(
                 Opts::new(
@@ -203,7 +208,7 @@ impl Metrics {
         m.registry.register(Box::new(m.http_duration.clone()))?;
         m.registry.register(Box::new(m.fingerprints.clone()))?;
         m.registry.register(Box::new(m.batch_size.clone()))?;
-        m.registry.register(Box::new(m.matches.clone()))?;
+        m.registry.register(Box::new(m.connections_cut.clone()))?;
         m.registry.register(Box::new(m.rate_limited.clone()))?;
         m.registry
             .register(Box::new(m.rate_limit_fallbacks.clone()))?;

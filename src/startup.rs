@@ -13,6 +13,8 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::api::body::BodyPace;
+use crate::api::overload::UserInFlight;
 use crate::api::{self, AppState, Listener, SharedState, admin, overload, public};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -23,7 +25,7 @@ use crate::ratelimit::{FingerprintLimiter, RateLimitConfigError, SharedLimiter};
 use crate::registry::{Registry, RegistryError};
 use crate::replication::{Replica, ReplicationError};
 use crate::rotation::{LiveIndexes, RotationPolicy, Rotator};
-use crate::server::{self, ConnectionLimits};
+use crate::server::{self, ConnectionLimits, CutCounter};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,22 @@ pub fn load_keys(config: &Config) -> Result<Keys, KeyFileError> {
         previous_credential_key,
         admin_token,
     })
+}
+
+/// Loads the token that reads `/metrics`: the setting, else `<data-dir>/metrics.token`
+/// (generated on first start, mode 0600).
+pub fn load_metrics_token(config: &Config) -> Result<String, KeyFileError> {
+    if let Some(token) = &config.metrics_token {
+        return Ok(token.trim().to_owned());
+    }
+    let path = config.data_dir.join("metrics.token");
+    if path.exists() {
+        let token =
+            std::fs::read_to_string(&path).map_err(|source| KeyFileError::Io { path, source })?;
+        return Ok(token.trim().to_owned());
+    }
+    let (bytes, _) = secret::read_or_create_key(&path)?;
+    Ok(secret::to_hex(&bytes))
 }
 
 /// A built service: listeners bound, not yet serving.
@@ -211,16 +229,25 @@ impl Application {
             started: Instant::now(),
             log_client_ip: config.log_client_ip,
             ready_min_registrations: config.ready_min_registrations,
-            body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
+            body_pace: BodyPace {
+                timeout: Duration::from_millis(config.body_read_timeout_ms),
+                min_bytes_per_sec: config.min_body_bytes_per_second,
+            },
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+            user_in_flight: UserInFlight::new(config.max_in_flight_per_user),
+            metrics_token_hash: admin::hash_token(&load_metrics_token(&config)?),
             replica,
             shared_limiter,
         });
         let limits = ConnectionLimits {
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            write_timeout: Duration::from_millis(config.write_timeout_ms),
+            max_age: Duration::from_secs(config.max_connection_age_seconds),
+            max_requests: config.max_requests_per_connection,
             max_connections: u32::try_from(config.max_connections).map_err(|_| {
                 crate::config::ConfigError::Invalid("max_connections is too large".into())
             })?,
+            max_connections_per_address: config.max_connections_per_address,
         };
         let rotator = Rotator {
             indexes,
@@ -299,16 +326,19 @@ impl Application {
             }
         });
 
+        let cuts = self.state.metrics.connections_cut.clone();
         let public = server::serve(
             self.public,
             public_router(Arc::clone(&self.state)),
             self.limits,
+            CutCounter::new(cuts.clone(), "public"),
             stop_rx.clone(),
         );
         let admin = server::serve(
             self.admin,
             admin_router(Arc::clone(&self.state)),
             self.limits,
+            CutCounter::new(cuts, "admin"),
             stop_rx,
         );
         let (public, admin) = tokio::join!(public, admin);
@@ -336,13 +366,20 @@ pub fn public_router(state: SharedState) -> Router {
     with_common_routes(shed, state, "public")
 }
 
-/// The admin routes: registrations and stats behind the admin token; metrics open.
+/// The admin routes: registrations and stats behind the admin token; metrics behind the
+/// metrics token (or the admin token).
 pub fn admin_router(state: SharedState) -> Router {
     let protected = Router::new()
         .route("/admin/v1/registrations", post(admin::change_registrations))
         .route("/admin/v1/stats", get(admin::stats))
         .route_layer(from_fn_with_state(Arc::clone(&state), admin::require_token));
-    let routes = protected.route("/metrics", get(admin::metrics));
+    let metrics = Router::new()
+        .route("/metrics", get(admin::metrics))
+        .route_layer(from_fn_with_state(
+            Arc::clone(&state),
+            admin::require_metrics_token,
+        ));
+    let routes = protected.merge(metrics);
     with_common_routes(routes, state, "admin")
 }
 

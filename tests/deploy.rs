@@ -437,7 +437,15 @@ fn overlay_builds_on_the_base_and_generates_the_secret() {
         .iter()
         .map(|f| f.as_str().unwrap().split('=').next().unwrap())
         .collect();
-    assert_eq!(keys, ["server-secret", "admin-token", "credential-key"]);
+    assert_eq!(
+        keys,
+        [
+            "server-secret",
+            "admin-token",
+            "metrics-token",
+            "credential-key"
+        ]
+    );
 }
 
 // ---- Metric names against a running server ---------------------------------------------------
@@ -566,6 +574,7 @@ async fn scrape_a_running_server() -> String {
     assert_eq!(missing.status(), 404);
     let metrics = http
         .get(format!("http://{admin}/metrics"))
+        .bearer_auth("deploy-test-admin-token")
         .send()
         .await
         .unwrap()

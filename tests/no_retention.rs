@@ -337,3 +337,100 @@ async fn no_trace_of_a_query_is_kept_anywhere() {
         "discovery requests changed the data directory"
     );
 }
+
+/// Every sample of a Prometheus text page, by series (name and labels), timings left out:
+/// `_seconds` series move with the clock, not with anything a query carried.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .filter(|(series, _)| !series.contains("_seconds"))
+        .collect()
+}
+
+/// Issue 11, finding 5: a counter of matches moved by exactly the number of a query's
+/// registered contacts, which anyone scraping `/metrics` could read per query. Three queries of
+/// the same size with 0, 5 and 20 registered numbers among them must move every series by the
+/// same amount; a series that moves with the number of matches fails this test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_metric_moves_with_the_number_of_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_server_with_env(&data, &[], &[]);
+    let client = reqwest::Client::new();
+    let registered: Vec<String> = (0..20).map(|i| format!("+1555555{i:04}")).collect();
+    let added = client
+        .post(format!("http://{}/admin/v1/registrations", server.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "add": registered }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 200);
+    let epoch = server.epoch(&client).await;
+    let current = epoch["epoch"].as_u64().unwrap();
+    let salt_bytes: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(epoch["salt"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let salt = Salt::from_bytes(salt_bytes);
+    let credential = credential(&data, "metrics-probe");
+    let query = |hits: usize| {
+        let mut fps: Vec<[u8; 8]> = registered[..hits]
+            .iter()
+            .map(|n| Fingerprint::compute(&salt, E164::parse(n).unwrap()).to_bytes())
+            .collect();
+        while fps.len() < 40 {
+            let mut fp = [0u8; 8];
+            rand::rng().fill_bytes(&mut fp);
+            fps.push(fp);
+        }
+        binary_body(current, &fps)
+    };
+
+    let mut deltas = Vec::new();
+    for hits in [0, 5, 20] {
+        let before = samples(&server.metrics(&client).await);
+        let response = client
+            .post(format!("http://{}/v1/discover", server.public))
+            .header("content-type", "application/octet-stream")
+            .bearer_auth(&credential)
+            .body(query(hits))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let answer = response.bytes().await.unwrap();
+        let found: u32 = answer[8..].iter().map(|b| b.count_ones()).sum();
+        assert_eq!(
+            found as usize, hits,
+            "the index answered the registered ones"
+        );
+        let after = samples(&server.metrics(&client).await);
+        let delta: BTreeMap<String, f64> = after
+            .iter()
+            .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+            .collect();
+        deltas.push((hits, delta));
+    }
+    let (_, first) = &deltas[0];
+    for (hits, delta) in &deltas[1..] {
+        for (series, moved) in delta {
+            let baseline = first.get(series).copied().unwrap_or(0.0);
+            assert_eq!(
+                *moved, baseline,
+                "{series} moved by {moved} for a query with {hits} matches, {baseline} for one with none"
+            );
+        }
+    }
+    assert!(
+        first
+            .keys()
+            .any(|k| k.starts_with("contact_discovery_fingerprints_looked_up_total")),
+        "the scrape has the discovery series"
+    );
+}

@@ -105,7 +105,10 @@ async fn request_and_response_buffers_are_wiped_before_they_are_freed() {
                 &headers,
                 body_of(&mut bytes),
                 1 << 20,
-                std::time::Duration::from_secs(5),
+                contact_discovery::api::body::BodyPace {
+                    timeout: std::time::Duration::from_secs(5),
+                    min_bytes_per_sec: 0,
+                },
             )
             .await
             .unwrap();

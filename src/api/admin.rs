@@ -1,7 +1,8 @@
 //! The admin listener: `POST /admin/v1/registrations`, `GET /admin/v1/stats`, `GET /metrics`.
 //!
 //! Served on its own socket, never on the public one. `/admin/*` needs the admin bearer token,
-//! compared in constant time; `/metrics` is open on this internal listener for Prometheus.
+//! compared in constant time; `/metrics` needs the metrics token (or the admin token), so a
+//! scraper that reaches the listener without it learns nothing.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -12,17 +13,22 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde_json::json;
 
 use super::body::{media_type, read_limited};
-use super::error::InvalidNumber;
+use super::error::{InvalidNumber, Problems};
 use super::{ApiError, SharedState};
 use crate::domain::E164;
 use crate::registry::Op;
 
-/// Largest admin request body (about 600,000 numbers); bulk loads use `registry import`.
-pub const ADMIN_BODY_LIMIT: usize = 16 << 20;
+/// Most operations (numbers across `add`, `remove` and `hide`) in one admin request; more is
+/// `413 too_many_operations`. Bulk loads use `registry import`.
+pub const MAX_OPERATIONS: usize = 100_000;
+
+/// Largest admin request body: room for [`MAX_OPERATIONS`] numbers of 15 digits with quotes,
+/// commas and some white space (about 20 bytes each).
+pub const ADMIN_BODY_LIMIT: usize = 4 << 20;
 
 /// The hash the admin token is compared through (hashing first makes the comparison
 /// independent of the token's length as well as its contents).
@@ -45,28 +51,96 @@ pub async fn require_token(
     }
 }
 
-#[derive(Deserialize)]
+/// Refuses `/metrics` without the metrics token or the admin token. Prometheus sends it as a
+/// bearer token (`authorization.credentials_file` in its scrape config).
+pub async fn require_metrics_token(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = super::bearer_token(request.headers()).map(hash_token);
+    // blake3::Hash equality is constant-time.
+    if given == Some(state.metrics_token_hash) || given == Some(state.admin_token_hash) {
+        next.run(request).await
+    } else {
+        ApiError::AdminUnauthorized.into_response()
+    }
+}
+
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ChangeRequest {
     #[serde(default)]
-    add: Vec<String>,
+    add: Bounded,
     #[serde(default)]
-    remove: Vec<String>,
+    remove: Bounded,
     #[serde(default)]
-    hide: Vec<String>,
+    hide: Bounded,
+}
+
+impl ChangeRequest {
+    /// How many operations the request carries (counted past what was kept).
+    fn operations(&self) -> usize {
+        self.add.total + self.remove.total + self.hide.total
+    }
+}
+
+/// A JSON array of strings of which at most [`MAX_OPERATIONS`] are kept; the rest are counted
+/// and skipped unparsed, so a request of millions of entries never holds them in memory.
+#[derive(Default)]
+struct Bounded {
+    kept: Vec<String>,
+    total: usize,
+}
+
+impl<'de> Deserialize<'de> for Bounded {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Elements;
+        impl<'de> Visitor<'de> for Elements {
+            type Value = Bounded;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of E.164 strings")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bounded, A::Error> {
+                let mut list = Bounded::default();
+                while list.kept.len() < MAX_OPERATIONS {
+                    match seq.next_element::<String>()? {
+                        Some(text) => list.kept.push(text),
+                        None => {
+                            list.total = list.kept.len();
+                            return Ok(list);
+                        }
+                    }
+                }
+                list.total = list.kept.len();
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    list.total += 1;
+                }
+                Ok(list)
+            }
+        }
+        deserializer.deserialize_seq(Elements)
+    }
 }
 
 /// Parses and checks a change request into operations, or says everything wrong with it.
 fn plan(request: &ChangeRequest) -> Result<Vec<Op>, ApiError> {
+    if request.operations() > MAX_OPERATIONS {
+        return Err(ApiError::TooManyOperations {
+            max: MAX_OPERATIONS,
+        });
+    }
     type List<'a> = (&'static str, &'a Vec<String>, fn(E164) -> Op);
     let lists: [List<'_>; 3] = [
-        ("remove", &request.remove, Op::Remove),
-        ("add", &request.add, Op::Add),
-        ("hide", &request.hide, Op::Hide),
+        ("remove", &request.remove.kept, Op::Remove),
+        ("add", &request.add.kept, Op::Add),
+        ("hide", &request.hide.kept, Op::Hide),
     ];
     let mut ops = Vec::new();
-    let mut invalid = Vec::new();
-    let mut conflicts = Vec::new();
+    let mut invalid = Problems::default();
+    let mut conflicts = Problems::default();
     let mut seen = HashSet::new();
     for (field, list, make) in lists {
         for (index, text) in list.iter().enumerate() {
@@ -105,7 +179,7 @@ pub async fn change_registrations(
             expected: "application/json",
         });
     }
-    let raw = read_limited(&headers, body, ADMIN_BODY_LIMIT, state.body_read_timeout).await?;
+    let raw = read_limited(&headers, body, ADMIN_BODY_LIMIT, state.body_pace).await?;
     let request: ChangeRequest = serde_json::from_slice(&raw).map_err(|err| {
         ApiError::MalformedBody(format!(
             "expected {{\"add\": [E.164...], \"remove\": [...], \"hide\": [...]}} (line {}, column {})",
@@ -228,7 +302,10 @@ mod tests {
     use super::*;
 
     fn req(add: &[&str], remove: &[&str], hide: &[&str]) -> ChangeRequest {
-        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        let v = |l: &[&str]| Bounded {
+            kept: l.iter().map(|s| s.to_string()).collect(),
+            total: l.len(),
+        };
         ChangeRequest {
             add: v(add),
             remove: v(remove),
@@ -239,9 +316,10 @@ mod tests {
     #[test]
     fn invalid_numbers_are_reported_by_position() {
         let err = plan(&req(&["+15550000001", "15550000002"], &[], &["+0123"])).unwrap_err();
-        let ApiError::InvalidNumbers(list) = err else {
+        let ApiError::InvalidNumbers(problems) = err else {
             panic!("wrong error")
         };
+        let list = problems.shown;
         assert_eq!(list.len(), 2);
         assert_eq!((list[0].field, list[0].index), ("add", 1));
         assert_eq!((list[1].field, list[1].index), ("hide", 0));
@@ -257,5 +335,49 @@ mod tests {
                 .len(),
             3
         );
+    }
+
+    #[test]
+    fn only_the_first_problems_are_reported_with_a_total() {
+        let many: Vec<String> = (0..1_000).map(|i| format!("x{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let ApiError::InvalidNumbers(problems) = plan(&req(&many, &[], &[])).unwrap_err() else {
+            panic!("wrong error")
+        };
+        assert_eq!(problems.total, 1_000);
+        assert_eq!(problems.shown.len(), Problems::SHOWN);
+        assert_eq!(
+            problems.shown[Problems::SHOWN - 1].index,
+            Problems::SHOWN - 1
+        );
+    }
+
+    #[test]
+    fn lists_keep_at_most_the_cap_and_count_the_rest() {
+        let over = MAX_OPERATIONS + 5;
+        let body = format!(r#"{{"add": [{}""]}}"#, "\"\",".repeat(over - 1));
+        let request: ChangeRequest = serde_json::from_str(&body).unwrap();
+        assert_eq!(request.add.kept.len(), MAX_OPERATIONS);
+        assert_eq!(request.operations(), over);
+        assert_eq!(plan(&request).unwrap_err().code(), "too_many_operations");
+        let split = ChangeRequest {
+            add: Bounded {
+                kept: vec![],
+                total: MAX_OPERATIONS / 2 + 1,
+            },
+            remove: Bounded {
+                kept: vec![],
+                total: MAX_OPERATIONS / 2,
+            },
+            hide: Bounded::default(),
+        };
+        assert_eq!(plan(&split).unwrap_err().code(), "too_many_operations");
+        let exact: ChangeRequest = serde_json::from_str(&format!(
+            r#"{{"add": [{}"+15550000001"]}}"#,
+            "\"x\",".repeat(MAX_OPERATIONS - 1)
+        ))
+        .unwrap();
+        assert_eq!(exact.operations(), MAX_OPERATIONS);
+        assert_eq!(plan(&exact).unwrap_err().code(), "invalid_numbers");
     }
 }

@@ -9,28 +9,64 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::ApiError;
 
-/// Reads the whole body within `timeout`, refusing it as soon as it exceeds `limit` bytes (or
+/// How a body must arrive: within `timeout` in all, and after the first [`RATE_GRACE`] at no
+/// less than `min_bytes_per_sec` on average (0: no minimum rate).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyPace {
+    /// Longest time the whole body may take.
+    pub timeout: Duration,
+    /// Slowest average rate accepted once [`RATE_GRACE`] has passed.
+    pub min_bytes_per_sec: u64,
+}
+
+/// Time a body may take before the minimum rate applies (a client's first packet, slow start).
+pub const RATE_GRACE: Duration = Duration::from_secs(1);
+
+/// A body that was refused, and how many bytes of it had arrived (what it is charged for).
+#[derive(Debug)]
+pub struct BodyRefused {
+    /// The answer.
+    pub error: ApiError,
+    /// Bytes received before the refusal.
+    pub received: usize,
+}
+
+impl From<BodyRefused> for ApiError {
+    fn from(refused: BodyRefused) -> Self {
+        refused.error
+    }
+}
+
+/// Reads the whole body at `pace`, refusing it as soon as it exceeds `limit` bytes (or
 /// declares more in `Content-Length`). The buffer never reallocates without wiping the old copy,
 /// and every chunk hyper hands over is wiped once copied when nothing else holds it.
 pub async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-    timeout: Duration,
-) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    pace: BodyPace,
+) -> Result<Zeroizing<Vec<u8>>, BodyRefused> {
     // A client that trickles or stalls its body would otherwise hold a connection and an
     // in-flight slot for as long as it likes. On timeout the partial buffer drops (wiped).
-    tokio::time::timeout(timeout, read_all(headers, body, limit))
-        .await
-        .unwrap_or(Err(ApiError::BodyTimeout {
-            secs: timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0),
-        }))
+    let mut received = 0;
+    let read = tokio::time::timeout(
+        pace.timeout,
+        read_all(headers, body, limit, pace.min_bytes_per_sec, &mut received),
+    )
+    .await;
+    let timeout = pace.timeout;
+    read.unwrap_or(Err(ApiError::BodyTimeout {
+        secs: timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0),
+    }))
+    .map_err(|error| BodyRefused { error, received })
 }
 
 async fn read_all(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    min_bytes_per_sec: u64,
+    received: &mut usize,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -39,14 +75,26 @@ async fn read_all(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
     }
+    let started = tokio::time::Instant::now();
     let mut buf = Zeroizing::new(Vec::with_capacity(declared.unwrap_or(0) as usize));
     let mut body = body;
-    while let Some(frame) = body.frame().await {
+    loop {
+        // The next chunk must come before the average since the grace drops under the minimum.
+        let frame = match min_rate_deadline(started, *received, min_bytes_per_sec) {
+            Some(deadline) => tokio::time::timeout_at(deadline, body.frame())
+                .await
+                .map_err(|_| ApiError::BodyTooSlow {
+                    bytes_per_sec: min_bytes_per_sec,
+                })?,
+            None => body.frame().await,
+        };
+        let Some(frame) = frame else { break };
         let frame =
             frame.map_err(|_| ApiError::MalformedBody("the body could not be read".into()))?;
         let Ok(chunk) = frame.into_data() else {
             continue; // trailers carry nothing we use
         };
+        *received += chunk.len();
         let fits = buf.len() + chunk.len() <= limit;
         if fits {
             extend_zeroizing(&mut buf, &chunk);
@@ -59,6 +107,20 @@ async fn read_all(
         }
     }
     Ok(buf)
+}
+
+/// When a body that has delivered `received` bytes since `started` falls under
+/// `min_bytes_per_sec` on average after [`RATE_GRACE`]; `None` without a minimum.
+fn min_rate_deadline(
+    started: tokio::time::Instant,
+    received: usize,
+    min_bytes_per_sec: u64,
+) -> Option<tokio::time::Instant> {
+    if min_bytes_per_sec == 0 {
+        return None;
+    }
+    let earned = Duration::from_secs_f64(received as f64 / min_bytes_per_sec as f64);
+    Some(started + RATE_GRACE + earned)
 }
 
 /// Appends `data`, growing by moving into a fresh allocation so no stale copy is left behind.
@@ -82,6 +144,21 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_minimum_rate_allows_a_second_then_time_in_proportion_to_bytes() {
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(min_rate_deadline(t0, 0, 0), None);
+        assert_eq!(min_rate_deadline(t0, 0, 1024), Some(t0 + RATE_GRACE));
+        assert_eq!(
+            min_rate_deadline(t0, 2048, 1024),
+            Some(t0 + RATE_GRACE + Duration::from_secs(2))
+        );
+        assert_eq!(
+            min_rate_deadline(t0, 512, 1024),
+            Some(t0 + RATE_GRACE + Duration::from_millis(500))
+        );
+    }
 
     #[test]
     fn growth_keeps_contents() {

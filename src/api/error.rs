@@ -22,6 +22,34 @@ pub struct InvalidNumber {
     pub reason: String,
 }
 
+/// The problems of an admin request: the first [`Problems::SHOWN`] of them, and how many in all.
+/// Only the first few are echoed, so the answer to a huge bad request stays small.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Problems {
+    /// The first few, in request order.
+    pub shown: Vec<InvalidNumber>,
+    /// How many there are in all.
+    pub total: usize,
+}
+
+impl Problems {
+    /// Most problems echoed in one answer.
+    pub const SHOWN: usize = 20;
+
+    /// Records one more problem; keeps it only while fewer than [`Problems::SHOWN`] are kept.
+    pub fn push(&mut self, problem: InvalidNumber) {
+        if self.shown.len() < Self::SHOWN {
+            self.shown.push(problem);
+        }
+        self.total += 1;
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
 /// What a client needs to retry on the current epoch at once (also the `/v1/epoch` body).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct EpochInfo {
@@ -92,11 +120,17 @@ pub enum ApiError {
     #[error("the service is starting; the match index is not built yet")]
     NotReady,
     /// Admin request names invalid numbers; nothing was applied.
-    #[error("{} invalid numbers; nothing was applied", .0.len())]
-    InvalidNumbers(Vec<InvalidNumber>),
+    #[error("{} invalid numbers; nothing was applied", .0.total)]
+    InvalidNumbers(Problems),
     /// Admin request names a number in more than one list; nothing was applied.
     #[error("a number appears more than once across add, remove and hide; nothing was applied")]
-    ConflictingChanges(Vec<InvalidNumber>),
+    ConflictingChanges(Problems),
+    /// Admin request with more operations than one request may carry; nothing was applied.
+    #[error("more than {max} operations in one request; split it (bulk loads: registry import)")]
+    TooManyOperations {
+        /// The limit.
+        max: usize,
+    },
     /// No such route.
     #[error("no such route")]
     NotFound,
@@ -118,6 +152,31 @@ pub enum ApiError {
         /// The timeout in whole seconds (rounded up).
         secs: u64,
     },
+    /// The body arrived slower than the minimum data rate (a trickling client).
+    #[error("the request body arrived slower than {bytes_per_sec} bytes per second")]
+    BodyTooSlow {
+        /// The minimum rate.
+        bytes_per_sec: u64,
+    },
+    /// This user already has as many requests in flight as one user may.
+    #[error(
+        "too many requests of this user in flight (at most {max}); retry after {retry_after} seconds"
+    )]
+    UserInFlight {
+        /// The per-user cap.
+        max: usize,
+        /// Seconds to wait.
+        retry_after: u64,
+    },
+    /// hyper could not parse the request (request line, header syntax); answered before routing.
+    #[error("the request could not be parsed as HTTP/1.1")]
+    MalformedRequest,
+    /// The request target is longer than the server reads.
+    #[error("the request URI is too long")]
+    UriTooLong,
+    /// The request head (headers) is larger than the server reads, or has too many headers.
+    #[error("the request headers are too large")]
+    HeadersTooLarge,
     /// Too many requests in flight: shed at once rather than queued; retry shortly.
     #[error("the service is overloaded; retry after {retry_after} seconds")]
     Overloaded {
@@ -135,18 +194,22 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             UnsupportedContentType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            BodyTooLarge { .. } | BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            MalformedBody(_) => StatusCode::BAD_REQUEST,
+            BodyTooLarge { .. } | BatchTooLarge { .. } | TooManyOperations { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            MalformedBody(_) | MalformedRequest => StatusCode::BAD_REQUEST,
+            UriTooLong => StatusCode::URI_TOO_LONG,
+            HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             FingerprintLength { .. } | InvalidNumbers(_) | ConflictingChanges(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             EpochUnavailable(_) => StatusCode::GONE,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | UserInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             NotReady => StatusCode::SERVICE_UNAVAILABLE,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Panic | Storage => StatusCode::INTERNAL_SERVER_ERROR,
-            BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            BodyTimeout { .. } | BodyTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
             Overloaded { .. } | RegistryStreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -176,6 +239,12 @@ impl ApiError {
             BodyTimeout { .. } => "body_timeout",
             Overloaded { .. } => "overloaded",
             RegistryStreamUnavailable => "registry_stream_unavailable",
+            TooManyOperations { .. } => "too_many_operations",
+            BodyTooSlow { .. } => "body_too_slow",
+            UserInFlight { .. } => "user_in_flight",
+            MalformedRequest => "malformed_request",
+            UriTooLong => "uri_too_long",
+            HeadersTooLarge => "headers_too_large",
         }
     }
 
@@ -202,6 +271,12 @@ impl ApiError {
         "body_timeout",
         "overloaded",
         "registry_stream_unavailable",
+        "too_many_operations",
+        "body_too_slow",
+        "user_in_flight",
+        "malformed_request",
+        "uri_too_long",
+        "headers_too_large",
     ];
 }
 
@@ -235,8 +310,15 @@ impl IntoResponse for ApiError {
                 body["retry_after"] = json!(secs);
                 retry_after = Some(*secs);
             }
-            ApiError::InvalidNumbers(list) | ApiError::ConflictingChanges(list) => {
-                body["invalid"] = json!(list);
+            ApiError::UserInFlight {
+                retry_after: secs, ..
+            } => {
+                body["retry_after"] = json!(secs);
+                retry_after = Some(*secs);
+            }
+            ApiError::InvalidNumbers(problems) | ApiError::ConflictingChanges(problems) => {
+                body["invalid"] = json!(problems.shown);
+                body["invalid_total"] = json!(problems.total);
             }
             ApiError::MissingCredential
             | ApiError::InvalidCredential(_)
@@ -283,8 +365,8 @@ mod tests {
             })),
             ApiError::RateLimited { retry_after: 1 },
             ApiError::NotReady,
-            ApiError::InvalidNumbers(vec![]),
-            ApiError::ConflictingChanges(vec![]),
+            ApiError::InvalidNumbers(Problems::default()),
+            ApiError::ConflictingChanges(Problems::default()),
             ApiError::NotFound,
             ApiError::MethodNotAllowed,
             ApiError::Panic,
@@ -292,6 +374,15 @@ mod tests {
             ApiError::BodyTimeout { secs: 1 },
             ApiError::Overloaded { retry_after: 1 },
             ApiError::RegistryStreamUnavailable,
+            ApiError::TooManyOperations { max: 1 },
+            ApiError::BodyTooSlow { bytes_per_sec: 1 },
+            ApiError::UserInFlight {
+                max: 1,
+                retry_after: 1,
+            },
+            ApiError::MalformedRequest,
+            ApiError::UriTooLong,
+            ApiError::HeadersTooLarge,
         ];
         let codes: Vec<_> = samples.iter().map(ApiError::code).collect();
         assert_eq!(codes, ApiError::CODES);

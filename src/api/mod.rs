@@ -57,10 +57,14 @@ pub struct AppState {
     pub log_client_ip: bool,
     /// `/readyz` is false while fewer numbers are registered.
     pub ready_min_registrations: u64,
-    /// Longest time a request body may take to arrive.
-    pub body_read_timeout: std::time::Duration,
+    /// How fast and how soon a request body must arrive.
+    pub body_pace: body::BodyPace,
     /// Slots for public requests in flight; a request that finds none is shed with 503.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Discovery requests in flight per user.
+    pub user_in_flight: overload::UserInFlight,
+    /// BLAKE3 hash of the metrics token (the admin token also reads `/metrics`).
+    pub metrics_token_hash: blake3::Hash,
     /// The shared registry stream, when replicas share one (`--registry-redis-url`).
     pub replica: Option<Arc<crate::replication::Replica>>,
 }

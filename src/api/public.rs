@@ -12,9 +12,10 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::body::{media_type, read_limited};
-use super::codec::{self, Format};
+use super::codec::{self, DiscoverRequest, Format};
 use super::{ApiError, EpochInfo, SharedState};
 use crate::domain::{CredentialError, Epoch, FINGERPRINT_BYTES, UserId};
+use crate::ratelimit::Limited;
 use crate::rotation::EpochRefusal;
 
 /// The user every request is attributed to when auth is switched off.
@@ -66,21 +67,34 @@ fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<UserId, ApiE
 }
 
 /// `POST /v1/discover`: which of the uploaded fingerprints belong to registered users.
+///
+/// What a request costs the caller's budget (counted in fingerprints, see [`charge`]): every
+/// authenticated request at least one, charged before its body is read, so a caller whose
+/// budget is spent is refused without the server reading a byte more. A binary body with a
+/// `Content-Length` is charged in full up front (its fingerprint count is its length); any other
+/// body is charged the rest once decoded, and a body refused for its size, pace or contents
+/// the fingerprints its bytes stand for. A `410` costs only what was charged up front, because
+/// the protocol asks clients to resend on it.
 pub async fn discover(
     State(state): State<SharedState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers)?;
-    let format = Format::from_media_type(media_type(&headers).as_deref())?;
-    let raw = read_limited(
-        &headers,
-        body,
-        format.body_limit(state.max_batch),
-        state.body_read_timeout,
-    )
-    .await?;
-    let request = codec::decode(format, &raw, state.max_batch)?;
+    // Anonymous (insecure demo) requests all share one user id; capping it would cap everyone.
+    let _user_slot = match state.credential_key {
+        Some(_) => state.user_in_flight.enter(&user)?,
+        None => None,
+    };
+    let format = Format::from_media_type(media_type(&headers).as_deref());
+    let declared = declared_length(&headers);
+    let up_front = match &format {
+        Ok(format) => up_front_cost(*format, declared, state.max_batch),
+        Err(_) => 1,
+    };
+    charge(&state, &user, up_front).await?;
+    let format = format?;
+    let (request, raw) = read_request(&state, &user, &headers, body, format, up_front).await?;
     drop(raw); // wiped now: only the decoded, zeroizing fingerprints remain
     #[cfg(feature = "test-hooks")]
     test_hooks::maybe_panic(&headers, &request);
@@ -97,23 +111,14 @@ pub async fn discover(
         })?;
 
     let n = request.fingerprints.len();
-    let verdict = match &state.shared_limiter {
-        Some(shared) => shared.check(&user, n, &state.limiter).await,
-        None => state.limiter.check(&user, n),
-    };
-    if let Err(limited) = verdict {
-        state.metrics.rate_limited.inc();
-        return Err(ApiError::RateLimited {
-            retry_after: limited.retry_after_secs,
-        });
-    }
+    charge(&state, &user, n.saturating_sub(up_front)).await?;
 
     let mut bitmap = Zeroizing::new(vec![0u8; n.div_ceil(8)]);
-    let matches = index.lookup_into_bitmap(&request.fingerprints, &mut bitmap);
+    // The number of matches is not kept, counted or logged: it is part of the answer.
+    let _ = index.lookup_into_bitmap(&request.fingerprints, &mut bitmap);
     drop(request);
     state.metrics.fingerprints.inc_by(n as u64);
     state.metrics.batch_size.observe(n as f64);
-    state.metrics.matches.inc_by(matches as u64);
 
     let encoded = codec::encode(format, index.epoch().0, n, &bitmap);
     // The body owns the zeroizing buffer, so it is wiped once hyper has written it.
@@ -121,6 +126,112 @@ pub async fn discover(
     let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
     response.extensions_mut().insert(super::BatchSize(n));
     Ok(response)
+}
+
+/// Reads and decodes the body; a refused body is charged what it stands for beyond `paid`.
+/// Returns the request and the (zeroizing) raw body, which the caller drops once decoded.
+async fn read_request(
+    state: &SharedState,
+    user: &UserId,
+    headers: &HeaderMap,
+    body: Body,
+    format: Format,
+    paid: usize,
+) -> Result<(DiscoverRequest, Zeroizing<Vec<u8>>), ApiError> {
+    let limit = format.body_limit(state.max_batch);
+    let declared = declared_length(headers);
+    let raw = match read_limited(headers, body, limit, state.body_pace).await {
+        Ok(raw) => raw,
+        // Refused on its head alone, never read: the minimum charged up front is its cost.
+        Err(refused) if declared.is_some_and(|len| len > limit) => return Err(refused.error),
+        Err(refused) => {
+            // A body that never came is charged what it announced (up to the limit).
+            let bytes = refused.received.max(declared.unwrap_or(0).min(limit));
+            charge_refused(state, user, format, bytes, paid).await;
+            return Err(refused.error);
+        }
+    };
+    match codec::decode(format, &raw, state.max_batch) {
+        Ok(request) => Ok((request, raw)),
+        Err(error) => {
+            charge_refused(state, user, format, raw.len(), paid).await;
+            Err(error)
+        }
+    }
+}
+
+/// What a request is charged before its body is read: the fingerprint count of a binary body
+/// of the `declared` length (at most `max_batch`: a larger batch is refused, charged a batch),
+/// else the one-fingerprint minimum. A body declared over the format's byte limit is refused
+/// on its head without being read: the minimum.
+fn up_front_cost(format: Format, declared: Option<usize>, max_batch: usize) -> usize {
+    match (format, declared) {
+        (_, Some(len)) if len > format.body_limit(max_batch) => 1,
+        (Format::Binary, Some(len)) => {
+            (len.saturating_sub(8 /* the epoch */) / FINGERPRINT_BYTES).clamp(1, max_batch)
+        }
+        _ => 1,
+    }
+}
+
+/// The body length `Content-Length` announces, if any.
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
+/// Takes `n` fingerprints from `user`'s budget (shared across replicas when configured), or
+/// refuses with `429 rate_limited`.
+async fn charge(state: &SharedState, user: &UserId, n: usize) -> Result<(), ApiError> {
+    take(state, user, n).await.map_err(|limited| {
+        state.metrics.rate_limited.inc();
+        ApiError::RateLimited {
+            retry_after: limited.retry_after_secs,
+        }
+    })
+}
+
+/// Takes `n` fingerprints from `user`'s budget, all or nothing.
+async fn take(state: &SharedState, user: &UserId, n: usize) -> Result<(), Limited> {
+    if n == 0 {
+        return Ok(());
+    }
+    match &state.shared_limiter {
+        Some(shared) => shared.check(user, n, &state.limiter).await,
+        None => state.limiter.check(user, n),
+    }
+}
+
+/// Charges a refused body the fingerprints its `bytes` stand for, beyond what was charged up
+/// front; at most a batch. The answer is already a refusal, so a spent budget changes nothing
+/// now: it refuses the caller's next request before its body is read.
+async fn charge_refused(
+    state: &SharedState,
+    user: &UserId,
+    format: Format,
+    bytes: usize,
+    paid: usize,
+) {
+    let per_fingerprint = match format {
+        Format::Binary => FINGERPRINT_BYTES,
+        // 11 base64url characters and two quotes: the least a JSON fingerprint takes.
+        Format::Json => 13,
+    };
+    let cost = (bytes / per_fingerprint).min(state.max_batch);
+    // The limiter takes all or nothing; a cost larger than what is left takes what is left,
+    // in halving steps.
+    let mut owed = cost.saturating_sub(paid);
+    let mut step = owed;
+    while owed > 0 && step > 0 {
+        if take(state, user, step).await.is_ok() {
+            owed -= step;
+            step = step.min(owed);
+        } else {
+            step /= 2;
+        }
+    }
 }
 
 /// `GET /healthz`: the process is up.

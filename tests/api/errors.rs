@@ -617,7 +617,13 @@ async fn every_response_on_both_listeners_carries_cache_control_no_store() {
                 .bearer_auth(crate::helpers::ADMIN_TOKEN)
                 .json(&serde_json::json!({ "add": ["0049"] })),
         ),
-        ("admin metrics", client.get(app.admin_url("/metrics"))),
+        (
+            "admin metrics",
+            client
+                .get(app.admin_url("/metrics"))
+                .bearer_auth(crate::helpers::METRICS_TOKEN),
+        ),
+        ("admin metrics 401", client.get(app.admin_url("/metrics"))),
         ("admin healthz", client.get(app.admin_url("/healthz"))),
         ("admin readyz", client.get(app.admin_url("/readyz"))),
         ("admin 404", client.get(app.admin_url("/nope"))),

@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 
 /// Admin token every test app uses.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The metrics token every test app runs with.
+pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
 /// Start of the manual clock: a round epoch boundary for 60 s and 86,400 s epochs.
 pub const T0: u64 = 1_790_000_000 / 86_400 * 86_400;
 
@@ -39,6 +41,7 @@ pub fn test_config(data_dir: PathBuf) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: Some(ADMIN_TOKEN.to_owned()),
+        metrics_token: Some(METRICS_TOKEN.to_owned()),
         epoch_seconds: 86_400,
         ..Config::default()
     }
@@ -354,11 +357,12 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
-    /// `GET /metrics` (no token) as text.
+    /// `GET /metrics` (with the metrics token) as text.
     pub async fn metrics(&self) -> String {
         let response = self
             .client
             .get(self.admin_url("/metrics"))
+            .bearer_auth(METRICS_TOKEN)
             .send()
             .await
             .unwrap();

@@ -16,7 +16,10 @@ const UNREGISTERED: &str = "+15550009999";
 /// Reads from `stream` until a complete response with a Content-Length has arrived (returns its
 /// status, head and body), the peer closes (`None` if nothing complete came), or `within` passes
 /// (`None`).
-async fn read_response(stream: &mut TcpStream, within: Duration) -> Option<(u16, String, Vec<u8>)> {
+pub(crate) async fn read_response(
+    stream: &mut TcpStream,
+    within: Duration,
+) -> Option<(u16, String, Vec<u8>)> {
     let mut bytes = Vec::new();
     let deadline = tokio::time::Instant::now() + within;
     let mut buf = [0u8; 4096];
@@ -46,7 +49,10 @@ async fn read_response(stream: &mut TcpStream, within: Duration) -> Option<(u16,
 
 /// Waits (bounded) until the server closes `stream`; returns how long that took, or `None` if
 /// it stayed open for `within`. Anything the server sends first (e.g. an error) is skipped.
-async fn time_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
+pub(crate) async fn time_until_closed(
+    stream: &mut TcpStream,
+    within: Duration,
+) -> Option<Duration> {
     let started = Instant::now();
     let mut buf = [0u8; 1024];
     loop {
@@ -59,7 +65,7 @@ async fn time_until_closed(stream: &mut TcpStream, within: Duration) -> Option<D
 }
 
 /// The head of a discovery POST with `content_length`, without its body.
-fn discover_head(app: &TestApp, content_length: usize) -> String {
+pub(crate) fn discover_head(app: &TestApp, content_length: usize) -> String {
     format!(
         "POST /v1/discover HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\n\
          content-type: application/octet-stream\r\ncontent-length: {content_length}\r\n\r\n",
@@ -74,7 +80,7 @@ async fn good_body(app: &TestApp) -> Vec<u8> {
     codec::encode_request(Format::Binary, epoch, &fingerprints(&salt, &[REGISTERED]))
 }
 
-async fn connect(addr: SocketAddr) -> TcpStream {
+pub(crate) async fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).await.unwrap()
 }
 
@@ -195,7 +201,12 @@ async fn connections_beyond_the_cap_wait_until_a_served_one_closes() {
 
 #[tokio::test]
 async fn requests_beyond_the_in_flight_cap_are_shed_with_503_and_retry_after() {
-    let app = spawn_app_with(|c| c.max_in_flight = 2).await;
+    let app = spawn_app_with(|c| {
+        c.max_in_flight = 2;
+        // The held bodies stall on purpose; the minimum body rate is tested in abuse.rs.
+        c.min_body_bytes_per_second = 0;
+    })
+    .await;
     app.change(&[REGISTERED], &[], &[]).await;
     let body = good_body(&app).await;
     // Two slow requests take both in-flight slots: their heads arrive, their bodies stall.

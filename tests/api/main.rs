@@ -1,5 +1,6 @@
 //! Integration tests over real HTTP against the service on port 0.
 
+mod abuse;
 mod admin;
 mod auth;
 mod client;

@@ -19,6 +19,14 @@ const NOT_CRAFTED: &[(&str, &str)] = &[
     ),
     ("overloaded", "tests/api/limits.rs (in-flight cap)"),
     (
+        "body_too_slow",
+        "tests/api/abuse.rs (a body that never comes, cut after its first second)",
+    ),
+    (
+        "user_in_flight",
+        "tests/api/abuse.rs (one credential's second request in flight)",
+    ),
+    (
         "storage_unavailable",
         "api::admin and registry unit tests (failing disk)",
     ),
@@ -251,6 +259,14 @@ async fn crafted(app: &TestApp, method: &str, path: &str, code: &str) -> Option<
             );
             let (status, _, body) = raw_http(app.admin, request.as_bytes()).await;
             (status, Default::default(), body)
+        }
+        ("/metrics", "invalid_admin_token") => send(app, method, path, &[], Vec::new()).await,
+        ("/admin/v1/registrations", "too_many_operations") => {
+            let body = format!(
+                r#"{{"add":[{}"+15550000001"]}}"#,
+                "\"\",".repeat(contact_discovery::api::admin::MAX_OPERATIONS)
+            );
+            send(app, method, path, &[admin(), json()], body.into_bytes()).await
         }
         ("/admin/v1/registrations", "invalid_numbers") => {
             let body = br#"{"add":["12345"]}"#.to_vec();

@@ -1,5 +1,5 @@
-//! The per-user fingerprint budget: 429 with Retry-After, per user, and only spent by lookups
-//! that are actually answered.
+//! The per-user fingerprint budget: 429 with Retry-After, per user, spent by lookups and by
+//! refused bodies.
 
 use contact_discovery::api::codec::{self, Format};
 use contact_discovery::domain::Fingerprint;
@@ -118,53 +118,73 @@ async fn budgets_are_per_user() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn refused_requests_do_not_spend_the_budget() {
-    let app = limited_app().await;
-    let credential = app.credential("carol");
-    let (epoch, fps) = batch(&app, BURST).await;
-    for _ in 0..3 {
-        // 410: unknown epoch.
-        let response = app.discover_fps(Format::Binary, &credential, 0, &fps).await;
-        assert_eq!(response.0, 410);
-        let response = app
-            .discover_fps(Format::Json, &credential, epoch + 5, &fps)
-            .await;
-        assert_eq!(response.0, 410);
-        // 400: malformed.
-        let mut json = codec::encode_request(Format::Json, epoch, &fps);
-        json.pop();
-        let response = app
-            .discover_raw("application/json", Some(&credential), json)
-            .await;
-        assert_eq!(response.0, 400);
-        // 422: a partial fingerprint after a full batch.
-        let mut binary = codec::encode_request(Format::Binary, epoch, &fps);
-        binary.push(0);
-        let response = app
-            .discover_raw("application/octet-stream", Some(&credential), binary)
-            .await;
-        assert_eq!(response.0, 422);
-        // 413: one too many.
-        let mut too_many = fps.clone();
-        too_many.push(fps[0]);
-        let response = app
-            .discover_fps(Format::Binary, &credential, epoch, &too_many)
-            .await;
-        assert_eq!(response.0, 413);
+/// Checks that `user` has exactly `left` fingerprints of budget: `left` pass, one more is 429.
+async fn assert_budget_left(app: &TestApp, user: &str, left: usize) {
+    if left > 0 {
+        let response = ask(app, user, Format::Binary, left).await;
+        assert_eq!(response.0, 200, "{user} should have {left} left");
     }
-    let response = app
-        .discover_fps(Format::Binary, &credential, epoch, &fps)
-        .await;
-    assert_eq!(response.0, 200, "the whole budget is still there");
-    assert_eq!(
-        registered_indices(Format::Binary, epoch, BURST, &response.2),
-        vec![0]
-    );
-    assert_rate_limited(
-        &app.discover_fps(Format::Binary, &credential, epoch, &fps[..1])
-            .await,
-    );
+    assert_rate_limited(&ask(app, user, Format::Binary, 1).await);
+}
+
+/// Issue 11, finding 11: refused requests used to be free, so a client could make the server
+/// read and decode up to 1.6 MB of JSON per request without limit. Now every request costs at
+/// least one fingerprint, and a refused body what it stands for (docs/PROTOCOL.md, "What a
+/// request costs"); a 410 only what was charged up front.
+#[tokio::test]
+async fn refused_requests_are_charged_what_their_bodies_stand_for() {
+    let app = limited_app().await;
+    let (epoch, fps) = batch(&app, BURST).await;
+    let body_of = |format, epoch, fps: &[Fingerprint]| codec::encode_request(format, epoch, fps);
+    let mut partial = body_of(Format::Binary, epoch, &fps);
+    partial.push(0);
+    let mut malformed = body_of(Format::Json, epoch, &fps);
+    malformed.pop();
+    let mut too_many = fps.clone();
+    too_many.push(fps[0]);
+    let cases: [(&str, &str, Vec<u8>, u16, usize); 6] = [
+        // A binary body is charged its full count up front, whatever happens next.
+        (
+            "b410",
+            "application/octet-stream",
+            body_of(Format::Binary, 0, &fps),
+            410,
+            0,
+        ),
+        ("b422", "application/octet-stream", partial, 422, 0),
+        (
+            "b413",
+            "application/octet-stream",
+            body_of(Format::Binary, epoch, &too_many),
+            413,
+            0,
+        ),
+        // JSON: one up front; a 410 costs no more, a malformed body what its bytes stand for.
+        (
+            "j410",
+            "application/json",
+            body_of(Format::Json, epoch + 5, &fps),
+            410,
+            BURST - 1,
+        ),
+        ("j400", "application/json", malformed, 400, 0),
+        // An empty request costs the minimum of one.
+        (
+            "empty",
+            "application/octet-stream",
+            body_of(Format::Binary, epoch, &[]),
+            200,
+            BURST - 1,
+        ),
+    ];
+    for (user, content_type, body, status, left) in cases {
+        let credential = app.credential(user);
+        let response = app
+            .discover_raw(content_type, Some(&credential), body)
+            .await;
+        assert_eq!(response.0, status, "{user}");
+        assert_budget_left(&app, user, left).await;
+    }
     app.stop().await;
 }
 

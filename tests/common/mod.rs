@@ -122,6 +122,7 @@ impl Server {
     pub async fn metrics(&self, client: &reqwest::Client) -> String {
         client
             .get(format!("http://{}/metrics", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .unwrap()
