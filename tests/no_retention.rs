@@ -264,6 +264,8 @@ async fn no_trace_of_a_query_is_kept_anywhere() {
         }
     }
     if cfg!(feature = "test-hooks") {
+        // A user with budget left: a spent one is refused before the handler reads the body.
+        probe.credential = common::credential(&data, "retention-panic");
         let status = probe
             .send(
                 bin,

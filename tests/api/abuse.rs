@@ -304,3 +304,26 @@ async fn every_request_costs_at_least_one_and_a_spent_budget_is_refused_before_t
     assert_eq!(json["code"], "rate_limited");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn one_admin_request_is_bounded_in_operations_and_in_its_answer() {
+    let app = spawn_app_with(|_| {}).await;
+    // Nearly 4 MiB of empty strings: 1.4 million entries, refused as a whole without parsing
+    // them as numbers (it used to answer a 470 MB list of 5.6 M problems from a 16 MiB body).
+    let entries = (contact_discovery::api::admin::ADMIN_BODY_LIMIT - 64) / 3;
+    let body = format!(r#"{{"add":[{}""]}}"#, "\"\",".repeat(entries - 1));
+    let (status, answer) = app.change_raw(serde_json::from_str(&body).unwrap()).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["code"], "too_many_operations");
+    // A request of 1,000 bad numbers: the first 20 are reported, with the total.
+    let bad: Vec<String> = (0..1_000).map(|i| format!("bad-{i}")).collect();
+    let (status, answer) = app.change_raw(serde_json::json!({ "hide": bad })).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["code"], "invalid_numbers");
+    assert_eq!(answer["invalid_total"], 1_000);
+    let shown = answer["invalid"].as_array().unwrap();
+    assert_eq!(shown.len(), 20);
+    assert_eq!(shown[19]["index"], 19);
+    assert!(answer.to_string().len() < 4_096, "the answer stays small");
+    app.stop().await;
+}
