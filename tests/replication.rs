@@ -778,7 +778,7 @@ async fn redis_holds_no_registered_number_in_clear() {
     for number in &NUMBERS[..4] {
         let n = E164::parse(number).unwrap().get();
         let needles: [Vec<u8>; 5] = [
-            number[1..].as_bytes().to_vec(),
+            number.as_bytes()[1..].to_vec(),
             n.to_le_bytes().to_vec(),
             n.to_be_bytes().to_vec(),
             (n | 1 << 63).to_le_bytes().to_vec(),
