@@ -840,10 +840,38 @@ async fn replicas_authenticate_to_redis_with_a_password() {
 
 #[tokio::test]
 async fn replicas_work_as_the_acl_user_of_the_example_overlay() {
-    let password = "acl-pw-not-in-any-log-31c4";
-    let template = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy/kubernetes/overlays/example/redis-users.acl.template");
-    let redis = RedisServer::start_with_acl(&template, "contact-discovery", password);
+    // The overlay's make-keys.sh, run on a copy: the ACL file and the URLs it writes.
+    let overlay = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/overlays/example");
+    let copy = tempfile::tempdir().unwrap();
+    for file in ["make-keys.sh", "redis-users.acl.template"] {
+        std::fs::copy(overlay.join(file), copy.path().join(file)).unwrap();
+    }
+    let out = std::process::Command::new("bash")
+        .arg(copy.path().join("make-keys.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys = copy.path().join("keys");
+    let read = |name: &str| std::fs::read_to_string(keys.join(name)).unwrap();
+    let password = read("redis-password");
+    assert_eq!(password.len(), 64, "32 random bytes in hex");
+    assert_eq!(
+        read("registry-url"),
+        format!("redis://contact-discovery:{password}@contact-discovery-redis:6379/0")
+    );
+    assert_eq!(
+        read("rate-limit-url"),
+        format!("redis://contact-discovery:{password}@contact-discovery-redis:6379/1")
+    );
+    let redis = RedisServer::start_with_acl(
+        &keys.join("redis-users.acl"),
+        "contact-discovery",
+        &password,
+    );
     // Without authenticating, a client may only PING (the overlay's readiness probe).
     let port = redis.port.to_string();
     let anonymous = |args: &[&str]| {
@@ -868,7 +896,7 @@ async fn replicas_work_as_the_acl_user_of_the_example_overlay() {
             .contains("NOPERM")
     );
     assert!(redis.command(&["KEYS", "*"]).unwrap().contains("NOPERM"));
-    authenticated_replicas(redis, password).await;
+    authenticated_replicas(redis, &password).await;
 }
 
 /// Two replicas share registry and rate limits through `redis` (which needs `password`); one

@@ -278,13 +278,12 @@ impl RedisServer {
         )
     }
 
-    /// Starts Redis with the ACL file `template` (`@PASSWORD@` replaced by `password`); `url`
-    /// and `redis-cli` authenticate as the ACL user `user`.
-    pub fn start_with_acl(template: &Path, user: &str, password: &str) -> RedisServer {
+    /// Starts Redis with (a copy of) the ACL file `acl_file`; `url` and `redis-cli`
+    /// authenticate as its user `user` with `password`.
+    pub fn start_with_acl(acl_file: &Path, user: &str, password: &str) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let acl = dir.path().join("users.acl");
-        let rules = std::fs::read_to_string(template).unwrap();
-        std::fs::write(&acl, rules.replace("@PASSWORD@", password)).unwrap();
+        std::fs::copy(acl_file, &acl).unwrap();
         let port = free_port();
         Self::launch(
             port,
