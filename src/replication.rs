@@ -522,10 +522,19 @@ impl Replica {
             let meta = match self.read_meta(conn).await? {
                 MetaState::Valid(meta) => Some(meta),
                 MetaState::None => None,
-                MetaState::Refused(..) => {
+                MetaState::Refused(why, _) => {
                     if entries.is_empty() {
                         tokio::time::sleep(IDLE_POLL).await;
                         continue;
+                    }
+                    // Without an authentic description we cannot tell whether entries after
+                    // `pos` were trimmed away: apply only while the stream still holds `pos`
+                    // itself, else stop (and keep serving) until Redis is repaired.
+                    if stream_end(conn, End::First)
+                        .await?
+                        .is_none_or(|first| first > pos)
+                    {
+                        return Err(ReplicationError::Refused(why));
                     }
                     None
                 }

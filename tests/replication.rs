@@ -670,6 +670,13 @@ async fn a_snapshot_with_an_absurd_length_or_a_tampered_chunk_is_refused_without
     assert!(!cluster.ready(&b).await, "not ready without a snapshot");
     wait_rejected(&cluster, &mut a, "bounds", 1).await;
     assert!(cluster.ready(&a).await, "the running replica keeps serving");
+    // ... and following the stream, which still holds its resume point.
+    let (status, body) = cluster
+        .change(&a, serde_json::json!({ "add": [NUMBERS[2]] }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let second = body["stream_id"].as_str().unwrap().to_owned();
+    assert_eq!(body["applied_here"], true);
     // Within the bounds but not what was published: the MAC refuses it.
     let smaller = (bytes.parse::<u64>().unwrap() - 8).to_string();
     cluster.redis.command(&["HSET", META, "bytes", &smaller]);
@@ -677,7 +684,16 @@ async fn a_snapshot_with_an_absurd_length_or_a_tampered_chunk_is_refused_without
     assert!(!cluster.ready(&b).await);
     // Redis repaired: the new replica recovers on its own.
     cluster.redis.command(&["HSET", META, "bytes", &bytes]);
-    cluster.wait_for(&b, &[0, 1]).await;
+    cluster.wait_for(&b, &[0, 1, 2]).await;
+    // The writer, no longer held back by a refused description, publishes the next snapshot.
+    let started = Instant::now();
+    while snapshot_id(&cluster).as_deref() != Some(second.as_str()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no second snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A chunk with one byte flipped is refused; repaired, it loads.
     let chunk_key = format!("{}:0", hget("prefix"));
@@ -701,11 +717,11 @@ async fn a_snapshot_with_an_absurd_length_or_a_tampered_chunk_is_refused_without
         .arg(&chunk)
         .query(&mut conn)
         .unwrap();
-    cluster.wait_for(&c, &[0, 1]).await;
+    cluster.wait_for(&c, &[0, 1, 2]).await;
     for server in [a, b, c] {
         server.kill9();
     }
-    assert!(common::export(dir_c.path()).len() == 2);
+    assert_eq!(common::export(dir_c.path()).len(), 3);
 }
 
 #[tokio::test]
