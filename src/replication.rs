@@ -696,9 +696,10 @@ impl Replica {
         conn: &mut MultiplexedConnection,
         meta: &SnapshotMeta,
     ) -> Result<Result<Zeroizing<Vec<u8>>, Refusal>, ReplicationError> {
-        // `meta.bytes` is authenticated and bounded, but grows the buffer as chunks arrive.
+        // `meta.bytes` is bounded and authenticated (its MAC verified) by now, so the buffer is
+        // allocated once at its size: growing it would free copies of the numbers unwiped.
         let expected = usize::try_from(meta.bytes).unwrap_or(usize::MAX);
-        let mut bytes = Zeroizing::new(Vec::with_capacity(expected.min(CHUNK_BYTES)));
+        let mut bytes = Zeroizing::new(Vec::with_capacity(expected));
         for i in 0..meta.chunks {
             let chunk: redis::Value = redis::Script::new(GET_BOUNDED)
                 .key(chunk_key(&meta.prefix, i))
@@ -717,12 +718,6 @@ impl Replica {
             };
             if plain.len() > CHUNK_BYTES || bytes.len() + plain.len() > expected {
                 return Ok(Err(Refusal::Bounds));
-            }
-            // Grow by doubling, at most to the authenticated total.
-            if bytes.capacity() - bytes.len() < plain.len() {
-                let want = (bytes.capacity() * 2).clamp(bytes.len() + plain.len(), expected);
-                let more = want - bytes.len();
-                bytes.reserve_exact(more);
             }
             bytes.extend_from_slice(&plain);
         }

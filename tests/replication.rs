@@ -647,9 +647,10 @@ async fn a_snapshot_with_an_absurd_length_or_a_tampered_chunk_is_refused_without
         .change(&a, serde_json::json!({ "add": [NUMBERS[0], NUMBERS[1]] }))
         .await;
     assert_eq!(status, 200, "{body}");
-    let id = body["stream_id"].as_str().unwrap().to_owned();
+    // (The snapshot may be taken just before the change is applied: then it is empty, the
+    // stream holds the change, and no other is published until the next change.)
     let started = Instant::now();
-    while snapshot_id(&cluster).as_deref() != Some(id.as_str()) {
+    while snapshot_id(&cluster).is_none() {
         assert!(started.elapsed() < Duration::from_secs(30), "no snapshot");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
