@@ -94,8 +94,9 @@ const APPEND_TRIES: usize = 16;
 /// The resume point, beside the registry files.
 const POSITION_FILE: &str = "replication.pos";
 
-/// Switches the snapshot description only to a newer snapshot (or sets the first one), and
-/// returns the description it replaced (empty when none).
+/// Switches the snapshot description only to a newer snapshot (or sets the first one, or
+/// replaces one that is malformed), and returns the description it replaced (empty when none
+/// or malformed; bounded either way).
 const SWITCH_META: &str = r#"
 local function newer(a, b)
   local am, as = string.match(a, "^(%d+)-(%d+)$")
@@ -104,10 +105,14 @@ local function newer(a, b)
   return am > bm or (am == bm and as > bs)
 end
 local old = redis.call('HMGET', KEYS[1], 'id', 'chunks', 'prefix')
-if old[1] and string.match(old[1], "^%d+-%d+$") and not newer(ARGV[1], old[1]) then return -1 end
+-- What was there is not authenticated here: compared and returned only if it looks like ours.
+local sane = old[1] and #old[1] <= 64 and string.match(old[1], "^%d+-%d+$")
+if sane and not newer(ARGV[1], old[1]) then return -1 end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'chunks', ARGV[2], 'bytes', ARGV[3], 'prefix', ARGV[4],
   'added', ARGV[5], 'mac', ARGV[6])
-if old[1] then return {old[2], old[3], old[1]} end
+if sane and old[2] and old[3] and #old[2] <= 32 and #old[3] <= 256 then
+  return {old[2], old[3], old[1]}
+end
 return {}
 "#;
 
