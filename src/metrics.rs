@@ -62,6 +62,9 @@ pub struct ReplicationMetrics {
     pub snapshots_published: IntCounter,
     /// Failed Redis calls or undecodable entries.
     pub errors: IntCounter,
+    /// Values read from Redis and refused (not applied, not written), by a fixed reason:
+    /// `format`, `mac`, `bounds`.
+    pub rejected: IntCounterVec,
 }
 
 impl ReplicationMetrics {
@@ -101,6 +104,22 @@ impl ReplicationMetrics {
                 "replication_errors_total",
                 "Failed registry stream calls or undecodable entries",
             )?,
+            rejected: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "replication_rejected_total",
+                        "Registry stream entries and snapshots read from Redis and refused, by reason (format, mac, bounds)",
+                    )
+                    .namespace(NS),
+                    &["reason"],
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                // Exported at 0 from the start, so an alert on any increase works at once.
+                for reason in crate::replication::Refusal::ALL {
+                    c.with_label_values(&[reason.label()]);
+                }
+                c
+            },
         })
     }
 }

@@ -15,8 +15,8 @@ pub struct RedisLink {
 }
 
 impl RedisLink {
-    /// Checks `url` (`redis://host:port/db`); connects only when first used, so a replica can
-    /// start while Redis is down.
+    /// Checks `url` (`redis[s]://[user:password@]host:port/db`); connects only when first used,
+    /// so a replica can start while Redis is down.
     pub fn open(url: &str) -> RedisResult<Self> {
         Ok(Self {
             client: redis::Client::open(url)?,
@@ -24,8 +24,12 @@ impl RedisLink {
         })
     }
 
-    /// A connection of the caller's own, for one that blocks on it (`XREAD BLOCK`). Responses
-    /// may take up to 30 s; callers that need an answer sooner bound their own wait.
+    /// A connection of the caller's own (the registry follower's). Responses may take up to
+    /// 30 s; callers that need an answer sooner bound their own wait.
+    ///
+    /// `url` decides authentication and transport: `redis://user:password@host` (an ACL user)
+    /// or `redis://:password@host` (AUTH), `rediss://` for TLS, checked against the system's
+    /// roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` may name a private CA); never unverified.
     pub async fn connect(&self) -> RedisResult<MultiplexedConnection> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))

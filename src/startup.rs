@@ -184,6 +184,7 @@ impl Application {
             Some(url) => Some(
                 Replica::new(
                     url,
+                    &keys.secret,
                     Arc::clone(&registry),
                     Arc::clone(&metrics),
                     config.registry_snapshot_every,

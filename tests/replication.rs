@@ -59,6 +59,17 @@ impl Cluster {
     }
 
     fn replica_of(&self, url: &str, dir: &Path, extra: &[&str]) -> Server {
+        self.replica_with_env(url, dir, extra, &[])
+    }
+
+    /// Like `replica_of`, with more environment variables for the child.
+    fn replica_with_env(
+        &self,
+        url: &str,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut args = vec![
             "--credential-key-file",
             self.key_file.path().to_str().unwrap(),
@@ -66,7 +77,9 @@ impl Cluster {
             url,
         ];
         args.extend_from_slice(extra);
-        start_server_with_env(dir, &args, &[("CONTACT_DISCOVERY_SERVER_SECRET", SECRET)])
+        let mut vars = vec![("CONTACT_DISCOVERY_SERVER_SECRET", SECRET)];
+        vars.extend_from_slice(env);
+        start_server_with_env(dir, &args, &vars)
     }
 
     /// Posts a change to `server`'s admin API; returns status and body.
@@ -493,7 +506,497 @@ async fn a_user_spreading_requests_over_replicas_gets_one_budget() {
     );
     assert!(counter(&cluster, &a, fallbacks).await >= 2);
     assert!(logged(&a, "shared rate limit unavailable"));
+    // The fallback budget was charged all along: what the spender took from the shared budget
+    // through this replica is gone locally too, so the outage grants no fresh burst.
+    assert_eq!(
+        discover_n(&cluster, &a, &spender, 600).await,
+        429,
+        "the fallback knows what this replica's users spent"
+    );
     for server in [a, b, c, d] {
+        server.kill9();
+    }
+}
+
+/// The value of `contact_discovery_replication_rejected_total{reason="<reason>"}` on `server`.
+async fn rejected(cluster: &Cluster, server: &Server, reason: &str) -> u64 {
+    let name = format!("contact_discovery_replication_rejected_total{{reason=\"{reason}\"}}");
+    counter(cluster, server, &name).await
+}
+
+/// Waits (bounded) until `server` has refused at least `n` values from Redis for `reason`.
+async fn wait_rejected(cluster: &Cluster, server: &mut Server, reason: &str, n: u64) {
+    let started = Instant::now();
+    while rejected(cluster, server, reason).await < n {
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "the replica died: {:?}",
+            server.log_lines()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never refused {n} for {reason}; log: {:?}",
+            server.log_lines()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const STREAM: &str = "cd:registry:stream";
+const META: &str = "cd:registry:snapshot";
+
+/// The `sealed` field of every stream entry, oldest first.
+fn sealed_entries(redis: &RedisServer) -> Vec<Vec<u8>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(STREAM)
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.connection())
+        .unwrap();
+    reply
+        .ids
+        .iter()
+        // (Builds before the sealed format wrote `ops`: take it, so the attack below is tried.)
+        .map(|e| match e.map.get("sealed").or_else(|| e.map.get("ops")) {
+            Some(redis::Value::BulkString(b)) => b.clone(),
+            other => panic!("entry without a record: {other:?}"),
+        })
+        .collect()
+}
+
+fn xadd(redis: &RedisServer, field: &str, value: &[u8]) {
+    let _: String = redis::cmd("XADD")
+        .arg(STREAM)
+        .arg("*")
+        .arg(field)
+        .arg(value)
+        .query(&mut redis.connection())
+        .unwrap();
+}
+
+#[tokio::test]
+async fn records_added_to_redis_without_the_secret_are_refused_and_counted() {
+    use contact_discovery::registry::Op;
+    use contact_discovery::registry::record::encode_record;
+    let cluster = Cluster::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = cluster.replica(dir.path(), &[]);
+    cluster.wait_for(&a, &[]).await;
+    for change in [
+        serde_json::json!({ "add": [NUMBERS[0], NUMBERS[2]] }),
+        serde_json::json!({ "remove": [NUMBERS[2]] }),
+    ] {
+        let (status, body) = cluster.change(&a, change).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let genuine = sealed_entries(&cluster.redis);
+    assert_eq!(genuine.len(), 2);
+
+    // The review's attack: a record with a valid CRC in the old format, added by hand, that
+    // registers one number and hides a real user.
+    let number = |i: usize| E164::parse(NUMBERS[i]).unwrap();
+    let forged = encode_record(&[Op::Add(number(1)), Op::Hide(number(0))]);
+    xadd(&cluster.redis, "ops", &forged);
+    // The same in the current field, with the version byte but not sealed with the key.
+    let mut unsealed = vec![0x01];
+    unsealed.extend_from_slice(&[0x5a; 40]);
+    unsealed.extend_from_slice(&forged);
+    xadd(&cluster.redis, "sealed", &unsealed);
+    // A genuine sealed record replayed under a new entry id: the add of a number since removed.
+    xadd(&cluster.redis, "sealed", &genuine[0]);
+    // An entry over the stream record cap (1 MiB): refused inside Redis, never sent.
+    xadd(&cluster.redis, "sealed", &vec![0x01; 2 << 20]);
+
+    // A genuine change after them is applied: the replica went past the refused entries.
+    let (status, _) = cluster
+        .change(&a, serde_json::json!({ "add": [NUMBERS[3]] }))
+        .await;
+    assert_eq!(status, 200);
+    cluster.wait_for(&a, &[0, 3]).await;
+    wait_rejected(&cluster, &mut a, "format", 1).await;
+    wait_rejected(&cluster, &mut a, "mac", 2).await;
+    wait_rejected(&cluster, &mut a, "bounds", 1).await;
+    assert!(logged(&a, "refused a registry stream entry"));
+
+    // A new replica reading the whole stream refuses the same four.
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut b = cluster.replica(dir_b.path(), &[]);
+    cluster.wait_for(&b, &[0, 3]).await;
+    wait_rejected(&cluster, &mut b, "format", 1).await;
+    wait_rejected(&cluster, &mut b, "mac", 2).await;
+    wait_rejected(&cluster, &mut b, "bounds", 1).await;
+    a.kill9();
+    b.kill9();
+    for dir in [dir.path(), dir_b.path()] {
+        assert_eq!(
+            common::export(dir),
+            ["+33612345678", "+4915112345678"],
+            "nothing forged or replayed reached the disk"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_with_an_absurd_length_or_a_tampered_chunk_is_refused_without_crashing() {
+    let cluster = Cluster::new();
+    let every = ["--registry-snapshot-every", "1"];
+    let dir_a = tempfile::tempdir().unwrap();
+    let mut a = cluster.replica(dir_a.path(), &every);
+    cluster.wait_for(&a, &[]).await;
+    let (status, body) = cluster
+        .change(&a, serde_json::json!({ "add": [NUMBERS[0], NUMBERS[1]] }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // (The snapshot may be taken just before the change is applied: then it is empty, the
+    // stream holds the change, and no other is published until the next change.)
+    let started = Instant::now();
+    while snapshot_id(&cluster).is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no snapshot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hget = |field: &str| cluster.redis.command(&["HGET", META, field]).unwrap();
+    let bytes = hget("bytes");
+
+    // The review's crash: a description claiming 2^44 bytes. A new replica stays up, not
+    // ready, and counts the refusal; so does the replica already running.
+    assert!(
+        cluster
+            .redis
+            .command(&["HSET", META, "bytes", "17592186044416"])
+            .is_some()
+    );
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut b = cluster.replica(dir_b.path(), &every);
+    wait_rejected(&cluster, &mut b, "bounds", 1).await;
+    assert!(!cluster.ready(&b).await, "not ready without a snapshot");
+    wait_rejected(&cluster, &mut a, "bounds", 1).await;
+    assert!(cluster.ready(&a).await, "the running replica keeps serving");
+    // ... and following the stream, which still holds its resume point.
+    let (status, body) = cluster
+        .change(&a, serde_json::json!({ "add": [NUMBERS[2]] }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let second = body["stream_id"].as_str().unwrap().to_owned();
+    assert_eq!(body["applied_here"], true);
+    // Within the bounds but not what was published: the MAC refuses it.
+    let smaller = (bytes.parse::<u64>().unwrap() - 8).to_string();
+    cluster.redis.command(&["HSET", META, "bytes", &smaller]);
+    wait_rejected(&cluster, &mut b, "mac", 1).await;
+    assert!(!cluster.ready(&b).await);
+    // Redis repaired: the new replica recovers on its own.
+    cluster.redis.command(&["HSET", META, "bytes", &bytes]);
+    cluster.wait_for(&b, &[0, 1, 2]).await;
+    // The writer, no longer held back by a refused description, publishes the next snapshot.
+    let started = Instant::now();
+    while snapshot_id(&cluster).as_deref() != Some(second.as_str()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no second snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A chunk with one byte flipped is refused; repaired, it loads.
+    let chunk_key = format!("{}:0", hget("prefix"));
+    let mut conn = cluster.redis.connection();
+    let chunk: Vec<u8> = redis::cmd("GET").arg(&chunk_key).query(&mut conn).unwrap();
+    let mut tampered = chunk.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x04;
+    let () = redis::cmd("SET")
+        .arg(&chunk_key)
+        .arg(&tampered)
+        .query(&mut conn)
+        .unwrap();
+    let dir_c = tempfile::tempdir().unwrap();
+    let mut c = cluster.replica(dir_c.path(), &every);
+    wait_rejected(&cluster, &mut c, "mac", 1).await;
+    assert!(!cluster.ready(&c).await);
+    assert!(logged(&c, "refused the shared registry snapshot"));
+    let () = redis::cmd("SET")
+        .arg(&chunk_key)
+        .arg(&chunk)
+        .query(&mut conn)
+        .unwrap();
+    cluster.wait_for(&c, &[0, 1, 2]).await;
+    for server in [a, b, c] {
+        server.kill9();
+    }
+    assert_eq!(common::export(dir_c.path()).len(), 3);
+}
+
+#[tokio::test]
+async fn redis_holds_no_registered_number_in_clear() {
+    let cluster = Cluster::new();
+    let dir = tempfile::tempdir().unwrap();
+    let a = cluster.replica(dir.path(), &["--registry-snapshot-every", "2"]);
+    cluster.wait_for(&a, &[]).await;
+    for change in [
+        serde_json::json!({ "add": [NUMBERS[0], NUMBERS[1]] }),
+        serde_json::json!({ "hide": [NUMBERS[2]] }),
+        serde_json::json!({ "add": [NUMBERS[3]] }),
+    ] {
+        let (status, body) = cluster.change(&a, change).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    cluster.wait_for(&a, &[0, 1, 3]).await;
+    let started = Instant::now();
+    while snapshot_id(&cluster).is_none() || stream_len(&cluster) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no snapshot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Everything Redis holds, read back per type, plus DUMP of every key and its files.
+    let mut conn = cluster.redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    let flatten = |v: redis::Value, out: &mut Vec<Vec<u8>>| {
+        fn walk(v: redis::Value, out: &mut Vec<Vec<u8>>) {
+            match v {
+                redis::Value::BulkString(b) => out.push(b),
+                redis::Value::SimpleString(s) => out.push(s.into_bytes()),
+                redis::Value::Array(items) => items.into_iter().for_each(|i| walk(i, out)),
+                redis::Value::Map(pairs) => pairs.into_iter().for_each(|(k, v)| {
+                    walk(k, out);
+                    walk(v, out);
+                }),
+                redis::Value::Int(n) => out.push(n.to_string().into_bytes()),
+                _ => {}
+            }
+        }
+        walk(v, out)
+    };
+    let mut types = Vec::new();
+    for key in &keys {
+        let kind: String = redis::cmd("TYPE").arg(key).query(&mut conn).unwrap();
+        let read = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(key).query(&mut conn),
+            "hash" => redis::cmd("HGETALL").arg(key).query(&mut conn),
+            "stream" => redis::cmd("XRANGE")
+                .arg(key)
+                .arg("-")
+                .arg("+")
+                .query(&mut conn),
+            other => panic!("unexpected {other} at {key}"),
+        };
+        flatten(read.unwrap(), &mut held);
+        flatten(
+            redis::cmd("DUMP").arg(key).query(&mut conn).unwrap(),
+            &mut held,
+        );
+        held.push(key.clone().into_bytes());
+        types.push(kind);
+    }
+    types.sort();
+    types.dedup();
+    assert_eq!(types, ["hash", "stream", "string"], "{keys:?}");
+    for file in common::files_under(cluster.redis.dir()) {
+        held.push(std::fs::read(file).unwrap());
+    }
+    for number in &NUMBERS[..4] {
+        let n = E164::parse(number).unwrap().get();
+        let needles: [Vec<u8>; 5] = [
+            number.as_bytes()[1..].to_vec(),
+            n.to_le_bytes().to_vec(),
+            n.to_be_bytes().to_vec(),
+            (n | 1 << 63).to_le_bytes().to_vec(),
+            n.to_le_bytes()[..6].to_vec(),
+        ];
+        for needle in &needles {
+            assert!(
+                !held
+                    .iter()
+                    .any(|b| b.windows(needle.len()).any(|w| w == &needle[..])),
+                "{number} in Redis as {needle:?}"
+            );
+        }
+    }
+    a.kill9();
+}
+
+#[tokio::test]
+async fn a_local_registry_seeds_an_empty_shared_one() {
+    let cluster = Cluster::new();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("numbers.txt");
+    std::fs::write(
+        &list,
+        format!("{}\n{}\n{} hidden\n", NUMBERS[0], NUMBERS[2], NUMBERS[4]),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["registry", "import"])
+        .arg(&list)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The documented seeding path: the first replica publishes its registry and is ready.
+    let a = cluster.replica(dir.path(), &[]);
+    cluster.wait_for(&a, &[0, 2]).await;
+    assert!(logged(&a, "shared registry snapshot published"));
+    // A second, fresh replica loads those numbers from the shared snapshot.
+    let dir_b = tempfile::tempdir().unwrap();
+    let b = cluster.replica(dir_b.path(), &[]);
+    cluster.wait_for(&b, &[0, 2]).await;
+    assert!(logged(&b, "shared registry snapshot loaded"));
+    a.kill9();
+    b.kill9();
+    assert_eq!(common::export(dir_b.path()).len(), 3, "the hidden one too");
+}
+
+#[tokio::test]
+async fn replicas_authenticate_to_redis_with_a_password() {
+    let password = "pw-not-in-any-log-7f3a";
+    authenticated_replicas(RedisServer::start_with_password(password), password).await;
+}
+
+#[tokio::test]
+async fn replicas_work_as_the_acl_user_of_the_example_overlay() {
+    // The overlay's make-keys.sh, run on a copy: the ACL file and the URLs it writes.
+    let overlay = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/overlays/example");
+    let copy = tempfile::tempdir().unwrap();
+    for file in ["make-keys.sh", "redis-users.acl.template"] {
+        std::fs::copy(overlay.join(file), copy.path().join(file)).unwrap();
+    }
+    let out = std::process::Command::new("bash")
+        .arg(copy.path().join("make-keys.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys = copy.path().join("keys");
+    let read = |name: &str| std::fs::read_to_string(keys.join(name)).unwrap();
+    let password = read("redis-password");
+    assert_eq!(password.len(), 64, "32 random bytes in hex");
+    assert_eq!(
+        read("registry-url"),
+        format!("redis://contact-discovery:{password}@contact-discovery-redis:6379/0")
+    );
+    assert_eq!(
+        read("rate-limit-url"),
+        format!("redis://contact-discovery:{password}@contact-discovery-redis:6379/1")
+    );
+    let redis = RedisServer::start_with_acl(
+        &keys.join("redis-users.acl"),
+        "contact-discovery",
+        &password,
+    );
+    // Without authenticating, a client may only PING (the overlay's readiness probe).
+    let port = redis.port.to_string();
+    let anonymous = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(anonymous(&["PING"]).trim(), "PONG");
+    assert!(
+        anonymous(&["GET", "cd:x"]).contains("NOPERM"),
+        "{}",
+        anonymous(&["GET", "cd:x"])
+    );
+    // The user reaches keys `cd:*` only, and no @dangerous command.
+    assert!(
+        redis
+            .command(&["SET", "other", "1"])
+            .unwrap()
+            .contains("NOPERM")
+    );
+    assert!(redis.command(&["KEYS", "*"]).unwrap().contains("NOPERM"));
+    authenticated_replicas(redis, &password).await;
+}
+
+/// Two replicas share registry and rate limits through `redis` (which needs `password`); one
+/// with a wrong password gets nowhere; no log names a password.
+async fn authenticated_replicas(redis: RedisServer, password: &str) {
+    let cluster = Cluster::new();
+    // The rate-limit budgets in db 1 of the same Redis, as the example overlay has them.
+    let limits = format!("{}1", redis.url);
+    let shared = ["--rate-limit-redis-url", limits.as_str()];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = cluster.replica_of(&redis.url, dirs[0].path(), &shared);
+    cluster.wait_for(&a, &[]).await;
+    let (status, _) = cluster
+        .change(&a, serde_json::json!({ "add": [NUMBERS[5]] }))
+        .await;
+    assert_eq!(status, 200);
+    let b = cluster.replica_of(&redis.url, dirs[1].path(), &shared);
+    cluster.wait_for(&b, &[5]).await;
+    assert_eq!(redis.command(&["XLEN", STREAM]).as_deref(), Some("1"));
+    // The discovery requests of `wait_for` kept their budget there.
+    assert_ne!(redis.command(&["-n", "1", "DBSIZE"]).as_deref(), Some("0"));
+    // A wrong password gets nowhere, and no log names either password.
+    let wrong = redis.url.replace(password, "wrong-password-9c1d");
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = cluster.replica_of(&wrong, dir_c.path(), &[]);
+    let started = Instant::now();
+    while !logged(&c, "registry stream unavailable") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            c.log_lines()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!cluster.ready(&c).await);
+    for server in [a, b, c] {
+        let lines = server.log_lines();
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.contains(password) && !l.contains("wrong-password")),
+            "{lines:?}"
+        );
+        server.kill9();
+    }
+}
+
+#[tokio::test]
+async fn replicas_reach_redis_over_tls_and_check_its_certificate() {
+    let cluster = Cluster::new();
+    let (redis, ca) = RedisServer::start_tls();
+    let ca = ca.to_str().unwrap();
+    let trust = [("SSL_CERT_FILE", ca)];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = cluster.replica_with_env(&redis.url, dirs[0].path(), &[], &trust);
+    cluster.wait_for(&a, &[]).await;
+    let (status, _) = cluster
+        .change(&a, serde_json::json!({ "add": [NUMBERS[1]] }))
+        .await;
+    assert_eq!(status, 200);
+    let b = cluster.replica_with_env(&redis.url, dirs[1].path(), &[], &trust);
+    cluster.wait_for(&b, &[1]).await;
+    assert_eq!(redis.command(&["XLEN", STREAM]).as_deref(), Some("1"));
+    // Without the test CA among its roots, the certificate is refused: never ready.
+    let empty_roots = tempfile::NamedTempFile::new().unwrap();
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = cluster.replica_with_env(
+        &redis.url,
+        dir_c.path(),
+        &[],
+        &[("SSL_CERT_FILE", empty_roots.path().to_str().unwrap())],
+    );
+    let started = Instant::now();
+    while !logged(&c, "registry stream unavailable") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            c.log_lines()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!cluster.ready(&c).await);
+    for server in [a, b, c] {
         server.kill9();
     }
 }

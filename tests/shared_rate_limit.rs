@@ -78,10 +78,12 @@ async fn two_replicas_share_one_budget_and_answer_like_the_local_limiter() {
     assert!(b.check(&bob, 100, &local_b).await.is_ok(), "per user");
 
     assert_eq!((a_fallbacks.get(), b_fallbacks.get()), (0, 0));
+    // Never asked for a verdict, but charged with what each replica's Redis allowed, so a
+    // fallback starts from what was spent here (see the fallback test below).
     assert_eq!(
         (local_a.tracked_users(), local_b.tracked_users()),
-        (0, 0),
-        "the local budgets were never consulted"
+        (1, 2),
+        "the local budgets are charged all along"
     );
 
     // One key per user, pseudonymous, expiring when the bucket is full again (~100 s).
@@ -298,4 +300,37 @@ async fn a_refusing_or_hanging_redis_means_fallback_back_off_and_a_fresh_connect
     let before = fallbacks.get();
     assert!(limiter.check(&alice, 100, &local).await.is_err());
     assert_eq!(fallbacks.get(), before);
+}
+
+#[tokio::test]
+async fn the_fallback_refuses_a_user_who_spent_the_shared_budget() {
+    let mut redis = RedisServer::start();
+    let (limiter, fallbacks) = shared(&redis.url, 1, 100, 1);
+    // The same budget as the shared one, as the server builds it.
+    let local = FingerprintLimiter::new(100, 1).unwrap();
+    let (spender, saver) = (user("spender"), user("saver"));
+    assert!(limiter.check(&spender, 100, &local).await.is_ok());
+    assert!(limiter.check(&saver, 10, &local).await.is_ok());
+    assert!(
+        limiter.check(&spender, 1, &local).await.is_err(),
+        "shared budget spent"
+    );
+    assert_eq!(fallbacks.get(), 0, "all answered by Redis");
+
+    // Redis gone: the local limiter answers, from what was already spent through this replica.
+    redis.kill();
+    assert!(
+        limiter.check(&spender, 10, &local).await.is_err(),
+        "no fresh burst for the spender"
+    );
+    assert_eq!(fallbacks.get(), 1);
+    assert!(
+        limiter.check(&saver, 90, &local).await.is_ok(),
+        "the rest of a budget"
+    );
+    assert!(
+        limiter.check(&saver, 1, &local).await.is_err(),
+        "and no more"
+    );
+    assert_eq!(fallbacks.get(), 3);
 }

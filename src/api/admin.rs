@@ -26,6 +26,12 @@ use crate::registry::Op;
 /// `413 too_many_operations`. Bulk loads use `registry import`.
 pub const MAX_OPERATIONS: usize = 100_000;
 
+// A request the admin API accepts always fits one record of the shared registry stream.
+const _: () = assert!(
+    MAX_OPERATIONS * crate::registry::record::OP_BYTES
+        <= crate::replication::MAX_STREAM_RECORD
+);
+
 /// Largest admin request body: room for [`MAX_OPERATIONS`] numbers of 15 digits with quotes,
 /// commas and some white space (about 20 bytes each).
 pub const ADMIN_BODY_LIMIT: usize = 4 << 20;

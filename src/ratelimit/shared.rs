@@ -10,8 +10,11 @@
 //! pseudonymous user asked for n lookups now".
 //!
 //! If Redis is unreachable or slow (over `TIMEOUT`), the request is checked against the
-//! per-process limiter instead: the service stays up, and while Redis is down a user could get
-//! up to one budget per replica. Each fallback counts in
+//! per-process limiter instead: the service stays up. That limiter is charged all along with
+//! every request Redis allows here, so its state is warm when a fallback starts: a user who
+//! spent their budget through this replica is refused by the fallback too, never handed a fresh
+//! burst. (A user who spent it through *other* replicas still has, on this one, what this one has
+//! not seen them spend: at most one budget per replica over an outage.) Each fallback counts in
 //! `contact_discovery_rate_limit_fallbacks_total` and is logged at most every 10 s. After a
 //! failure the replica drops its connection and checks locally for `BACKOFF` before asking
 //! Redis again, so a hung Redis (or a dead TCP path) costs one slow request per second, not a
@@ -141,7 +144,15 @@ impl SharedLimiter {
             return local.check(user, n);
         }
         match tokio::time::timeout(self.timeout, self.ask_redis(user, n as u64)).await {
-            Ok(Ok(verdict)) => verdict,
+            Ok(Ok(verdict)) => {
+                if verdict.is_ok() {
+                    // Charge the fallback budget too, whatever it says: Redis decided. Were it
+                    // charged only during a fallback, every outage would start everyone with a
+                    // full burst on every replica.
+                    let _ = local.check(user, n);
+                }
+                verdict
+            }
             failed => {
                 if failed.is_err() {
                     // A connection that does not answer in time may never answer (a dead TCP

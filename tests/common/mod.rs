@@ -231,25 +231,163 @@ pub fn credential(data_dir: &Path, user: &str) -> String {
 /// `scripts/test.sh` installs Redis when it is missing.
 pub struct RedisServer {
     child: Child,
-    /// `redis://127.0.0.1:<port>/`.
+    /// `redis://127.0.0.1:<port>/` (with the password, or `rediss://` over TLS, when so started).
     pub url: String,
     /// The port it listens on.
     pub port: u16,
     dir: tempfile::TempDir,
+    /// What `redis-cli` needs beyond host and port (password, TLS).
+    cli: Vec<String>,
+}
+
+/// A free loopback port (bind-and-release: Redis cannot report one it chose itself).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl RedisServer {
     /// Starts Redis and waits until it answers `PING`.
     pub fn start() -> RedisServer {
+        let port = free_port();
+        Self::launch(
+            port,
+            &["--port".into(), port.to_string()],
+            format!("redis://127.0.0.1:{port}/"),
+            Vec::new(),
+            tempfile::tempdir().unwrap(),
+        )
+    }
+
+    /// Starts Redis with `--requirepass password`; `url` carries the password.
+    pub fn start_with_password(password: &str) -> RedisServer {
+        let port = free_port();
+        Self::launch(
+            port,
+            &[
+                "--port".into(),
+                port.to_string(),
+                "--requirepass".into(),
+                password.into(),
+            ],
+            format!("redis://:{password}@127.0.0.1:{port}/"),
+            vec!["--no-auth-warning".into(), "-a".into(), password.into()],
+            tempfile::tempdir().unwrap(),
+        )
+    }
+
+    /// Starts Redis with (a copy of) the ACL file `acl_file`; `url` and `redis-cli`
+    /// authenticate as its user `user` with `password`.
+    pub fn start_with_acl(acl_file: &Path, user: &str, password: &str) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
-        // Bind-and-release finds a free port; Redis cannot report one it chose itself.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let acl = dir.path().join("users.acl");
+        std::fs::copy(acl_file, &acl).unwrap();
+        let port = free_port();
+        Self::launch(
+            port,
+            &[
+                "--port".into(),
+                port.to_string(),
+                "--aclfile".into(),
+                acl.to_str().unwrap().into(),
+            ],
+            format!("redis://{user}:{password}@127.0.0.1:{port}/"),
+            vec![
+                "--no-auth-warning".into(),
+                "--user".into(),
+                user.into(),
+                "--pass".into(),
+                password.into(),
+            ],
+            dir,
+        )
+    }
+
+    /// Starts Redis with TLS only (no plain port), under a certificate for `127.0.0.1` issued by
+    /// a fresh test CA (made with `openssl`); `url` is `rediss://`. Returns the CA's PEM path
+    /// too: clients trust it through `SSL_CERT_FILE`.
+    pub fn start_tls() -> (RedisServer, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (ca_key, ca_pem, key, csr) =
+            (at("ca.key"), at("ca.pem"), at("redis.key"), at("redis.csr"));
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+        let ca_args = format!("req -x509 {ec} -keyout {ca_key} -out {ca_pem} -days 1");
+        let mut args: Vec<&str> = ca_args.split(' ').collect();
+        args.extend(["-subj", "/CN=contact-discovery test CA"]);
+        openssl(&args);
+        let csr_args = format!("req {ec} -keyout {key} -out {csr}");
+        let mut args: Vec<&str> = csr_args.split(' ').collect();
+        args.extend(["-subj", "/CN=127.0.0.1"]);
+        openssl(&args);
+        std::fs::write(
+            at("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &at("redis.csr"),
+            "-CA",
+            &at("ca.pem"),
+            "-CAkey",
+            &at("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &at("redis.pem"),
+            "-days",
+            "1",
+            "-extfile",
+            &at("ext.cnf"),
+        ]);
+        let port = free_port();
+        let ca = dir.path().join("ca.pem");
+        let server = Self::launch(
+            port,
+            &[
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                at("redis.pem"),
+                "--tls-key-file".into(),
+                at("redis.key"),
+                "--tls-ca-cert-file".into(),
+                at("ca.pem"),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            format!("rediss://127.0.0.1:{port}/"),
+            vec!["--tls".into(), "--cacert".into(), at("ca.pem")],
+            dir,
+        );
+        (server, ca)
+    }
+
+    fn launch(
+        port: u16,
+        listen: &[String],
+        url: String,
+        cli: Vec<String>,
+        dir: tempfile::TempDir,
+    ) -> RedisServer {
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(listen)
             .args([
                 "--save",
                 "",
@@ -266,9 +404,10 @@ impl RedisServer {
             .expect("redis-server on PATH (scripts/test.sh installs it)");
         let server = RedisServer {
             child,
-            url: format!("redis://127.0.0.1:{port}/"),
+            url,
             port,
             dir,
+            cli,
         };
         let started = Instant::now();
         while server.command(&["PING"]).as_deref() != Some("PONG") {
@@ -285,12 +424,32 @@ impl RedisServer {
     pub fn command(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.cli)
             .args(args)
             .output()
             .ok()?;
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// A plain (synchronous) client connection, for binary values `redis-cli` cannot pass.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// Its data directory (the append-only files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stops Redis now (SIGKILL) and waits for it, keeping its directory.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
