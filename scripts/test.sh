@@ -4,10 +4,14 @@
 # every fuzz target. CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The replica tests start a real Redis on loopback (shared registry stream and rate limits).
-if ! command -v redis-server > /dev/null; then
+# The replica tests start a real Redis on loopback (shared registry stream and rate limits);
+# the Redis TLS test makes its certificates with openssl.
+missing=()
+command -v redis-server > /dev/null || missing+=(redis-server)
+command -v openssl > /dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
     sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq redis-server > /dev/null
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" > /dev/null
 fi
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets --all-features -- -D warnings
