@@ -28,8 +28,7 @@ pub const MAX_OPERATIONS: usize = 100_000;
 
 // A request the admin API accepts always fits one record of the shared registry stream.
 const _: () = assert!(
-    MAX_OPERATIONS * crate::registry::record::OP_BYTES
-        <= crate::replication::MAX_STREAM_RECORD
+    MAX_OPERATIONS * crate::registry::record::OP_BYTES <= crate::replication::MAX_STREAM_RECORD
 );
 
 /// Largest admin request body: room for [`MAX_OPERATIONS`] numbers of 15 digits with quotes,

@@ -67,24 +67,24 @@ async fn clients_that_never_read_their_answers_are_cut_off_and_others_are_served
         attackers.push(slow_reader(app.public, 40_000).await);
     }
     // Until the write deadline cuts them off, a normal client waits in the accept queue...
-    let started = Instant::now();
     assert!(
         !answered_within(app.public, Duration::from_millis(200)).await,
         "the slow readers did not take the slots (the attack did not work)"
     );
-    // ...then it is answered: the stalled writes closed their connections.
+    // ...then it is answered: the stalled writes closed their connections. (The deadline runs
+    // once the server's socket buffers are full, which takes a debug build on a busy machine a
+    // few seconds; without the deadline the client is never answered.)
     assert!(
-        answered_within(app.public, Duration::from_secs(5)).await,
+        answered_within(app.public, Duration::from_secs(30)).await,
         "a normal client was not answered while slow readers held the connections"
     );
-    let waited = started.elapsed();
-    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+
     // Every slow reader is cut for its stalled writes, and counted. (One may have waited in
     // the accept queue behind the test client's own keep-alive connection, so poll.)
     let cut =
         r#"contact_discovery_connections_cut_total{listener="public",reason="write_timeout"}"#;
     let mut cuts = 0.0;
-    for _ in 0..100 {
+    for _ in 0..300 {
         cuts = metric_or_zero(&app.metrics().await, cut);
         if cuts >= 3.0 {
             break;
