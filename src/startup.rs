@@ -98,7 +98,7 @@ pub fn load_keys(config: &Config) -> Result<Keys, KeyFileError> {
         None => {
             let path = config.data_dir.join("admin.token");
             if path.exists() {
-                secret::read_admin_token(&path)?
+                secret::read_token_file(&path)?
             } else {
                 let (bytes, _) = secret::read_or_create_key(&path)?;
                 secret::to_hex(&bytes)

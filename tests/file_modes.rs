@@ -223,3 +223,36 @@ async fn the_data_directory_is_0700_and_every_file_in_it_0600() {
     assert!(log.contains("tightened"), "{log}");
     assert_private(&dir, "after a start on an open directory");
 }
+
+/// A replica of a shared registry also keeps its resume point (`replication.pos`) private.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeps_its_resume_point_private_too() {
+    let redis = common::RedisServer::start();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let server = start_server(&dir, &["--registry-redis-url", &redis.url]);
+    let client = reqwest::Client::new();
+    let status = client
+        .post(format!("http://{}/admin/v1/registrations", server.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "add": ["+4915112345001"] }))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let position = dir.join("replication.pos");
+    let started = Instant::now();
+    while !position.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no replication.pos:\n{}",
+            server.log_lines().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.sigterm();
+    let (exit, output) = server.wait_with_output();
+    assert!(exit.success(), "{}", String::from_utf8_lossy(&output));
+    assert_private(&dir, "after a replica's run");
+}

@@ -45,11 +45,11 @@ pub enum KeyFileError {
         /// Its permission bits.
         mode: u32,
     },
-    /// The admin token file holds too short a token.
+    /// A token file (admin token) holds too short a token.
     #[error(
-        "admin token file {path} holds {len} characters after trimming, at least 16 are \
-         needed; refusing to start. Write a longer random token into it, or delete it to have \
-         one generated"
+        "token file {path} holds {len} characters after trimming, at least 16 are needed; \
+         refusing to start. Write a longer random token into it, or delete it to have one \
+         generated"
     )]
     WeakToken {
         /// The file.
@@ -73,8 +73,8 @@ pub enum KeyFileError {
     },
 }
 
-/// Shortest admin token accepted, from any source.
-pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+/// Shortest token accepted (admin token), from any source.
+pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Permission bits as `ls` would show them in octal (for log lines).
 struct FileMode(u32);
@@ -174,16 +174,16 @@ pub fn tighten_file(path: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Reads the admin token file at `path`: private (see [`check_private`]) and at least
-/// [`MIN_ADMIN_TOKEN_LEN`] characters after trimming.
-pub fn read_admin_token(path: &Path) -> Result<String, KeyFileError> {
+/// Reads a bearer token file (`admin.token`) at `path`: private (see [`check_private`]) and at
+/// least [`MIN_TOKEN_LEN`] characters after trimming.
+pub fn read_token_file(path: &Path) -> Result<String, KeyFileError> {
     check_private(path)?;
     let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyFileError::Io {
         path: path.to_owned(),
         source,
     })?);
     let token = text.trim();
-    if token.chars().count() < MIN_ADMIN_TOKEN_LEN {
+    if token.chars().count() < MIN_TOKEN_LEN {
         return Err(KeyFileError::WeakToken {
             path: path.to_owned(),
             len: token.chars().count(),
