@@ -186,7 +186,7 @@ pub fn credential(
     let key = match key_file {
         Some(path) => secret::read_key(&path)?,
         None => {
-            std::fs::create_dir_all(data_dir).map_err(io("creating the data directory"))?;
+            secret::ensure_private_dir(data_dir)?;
             secret::read_or_create_key(&default_credential_key_path(data_dir))?.0
         }
     };

@@ -8,6 +8,13 @@ use contact_discovery::api::codec::Format;
 use contact_discovery::commands;
 use contact_discovery::config::{DEFAULT_DATA_DIR, ServeArgs};
 
+mod wipe_alloc;
+
+/// Every freed heap block is wiped first, so request bytes that hyper's buffers held do not
+/// outlive the connection in freed memory (see `wipe_alloc.rs`).
+#[global_allocator]
+static ALLOCATOR: wipe_alloc::WipeOnFree = wipe_alloc::WipeOnFree;
+
 #[derive(Parser)]
 #[command(
     name = "contact-discovery",
@@ -144,6 +151,12 @@ enum RegistryAction {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "test-hooks")]
+    if wipe_alloc::apply_test_switch() {
+        eprintln!(
+            "WARNING: test build with CONTACT_DISCOVERY_NO_WIPE_ON_FREE=1: freed memory is not wiped"
+        );
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => commands::serve(&args),

@@ -74,12 +74,12 @@ pub struct Keys {
 }
 
 /// Loads the server secret, credential key and admin token: an explicit setting wins, otherwise
-/// each is read from (or generated on first start into) the data directory with mode 0600.
+/// each is read from (or generated on first start into) the data directory with mode 0600. The
+/// data directory is made private (0700, see [`secret::ensure_private_dir`]); every key file
+/// read must be private too ([`secret::check_private`]), and an admin token file must hold at
+/// least 16 characters, as the flag and the environment must.
 pub fn load_keys(config: &Config) -> Result<Keys, KeyFileError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| KeyFileError::Io {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    secret::ensure_private_dir(&config.data_dir)?;
     let secret = match (&config.server_secret, &config.server_secret_file) {
         (Some(hex), _) => parse_hex32(hex).ok_or(KeyFileError::EnvFormat {
             name: "server_secret",
@@ -100,10 +100,7 @@ pub fn load_keys(config: &Config) -> Result<Keys, KeyFileError> {
         None => {
             let path = config.data_dir.join("admin.token");
             if path.exists() {
-                std::fs::read_to_string(&path)
-                    .map_err(|source| KeyFileError::Io { path, source })?
-                    .trim()
-                    .to_owned()
+                secret::read_token_file(&path)?
             } else {
                 let (bytes, _) = secret::read_or_create_key(&path)?;
                 secret::to_hex(&bytes)

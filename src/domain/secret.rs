@@ -1,8 +1,10 @@
-//! Key material on disk: 32 bytes as 64 hex characters, created with mode 0600.
+//! Key material on disk: 32 bytes as 64 hex characters, created with mode 0600 in a data
+//! directory of mode 0700; existing key files that group or others could read or change are
+//! refused.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
@@ -31,6 +33,163 @@ pub enum KeyFileError {
         /// Which setting.
         name: &'static str,
     },
+    /// A key file that group or others may read or change: the key may be known to others.
+    #[error(
+        "key file {path} has mode {mode:04o}: group or others may read or change it; refusing \
+         to start. Restrict it with `chmod 600 {path}` (and replace the key if others may have \
+         read it)"
+    )]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A token file (admin token) holds too short a token.
+    #[error(
+        "token file {path} holds {len} characters after trimming, at least 16 are needed; \
+         refusing to start. Write a longer random token into it, or delete it to have one \
+         generated"
+    )]
+    WeakToken {
+        /// The file.
+        path: PathBuf,
+        /// How many characters it holds.
+        len: usize,
+    },
+    /// The data directory could not be created or inspected.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The data directory is not a directory.
+    #[error("data directory {path} exists but is not a directory")]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+}
+
+/// Shortest token accepted (admin token), from any source.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Permission bits as `ls` would show them in octal (for log lines).
+struct FileMode(u32);
+
+impl std::fmt::Display for FileMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl crate::log_safe::LogSafe for FileMode {}
+
+/// Refuses a key file that group or others could read or change: its permission bits must be
+/// within 0600, with one exception: read access for the file's group when that group is this
+/// process's own group. That is how Kubernetes mounts a Secret for a non-root container
+/// (`defaultMode: 0400` plus the pod's `fsGroup` gives `0440`, group = the pod's group), and on
+/// a system with a group per user it gives no one else access.
+pub fn check_private(path: &Path) -> Result<(), KeyFileError> {
+    let meta = fs::metadata(path).map_err(|source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let own_group = meta.gid() == rustix::process::getegid().as_raw();
+    let allowed = if own_group { 0o640 } else { 0o600 };
+    if mode & 0o777 & !allowed != 0 {
+        return Err(KeyFileError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Makes sure `dir` exists as a directory only its owner can enter: created with mode 0700
+/// (parents too) if missing; tightened to 0700 with a warning if it exists with group or other
+/// permissions. If it cannot be tightened (this process is not its owner, e.g. a Kubernetes
+/// `emptyDir`, which is root's and 0777) a warning says so and start-up goes on: every file the
+/// service writes in it is created 0600 and replaced by rename, never opened through a link.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), KeyFileError> {
+    let io = |source| KeyFileError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    match fs::metadata(dir) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
+            // The umask can only have removed bits; make sure of exactly 0700.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)
+        }
+        Err(err) => Err(io(err)),
+        Ok(meta) if !meta.is_dir() => Err(KeyFileError::NotADirectory {
+            path: dir.to_owned(),
+        }),
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 == 0 {
+                return Ok(());
+            }
+            match fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o7700)) {
+                Ok(()) => crate::safe_warn!(
+                    "data directory was open to group or others; tightened to owner only",
+                    dir = crate::log_safe::SafePath(dir),
+                    was = FileMode(mode),
+                    now = FileMode(mode & 0o7700),
+                ),
+                Err(err) => crate::safe_warn!(
+                    "data directory is open to group or others and cannot be tightened (this process is not its owner); the files in it are private (0600) but their names are visible and others may delete them. Run `chmod 700` on it or give the service its own directory",
+                    dir = crate::log_safe::SafePath(dir),
+                    mode = FileMode(mode),
+                    error = err,
+                ),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Removes group and other permissions from the file at `path` if it has any (files written by
+/// an older version, or copied in); returns whether it changed anything.
+pub fn tighten_file(path: &Path) -> std::io::Result<bool> {
+    let meta = fs::symlink_metadata(path)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if !meta.is_file() || mode & 0o077 == 0 {
+        return Ok(false);
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7700))?;
+    crate::safe_warn!(
+        "file was readable or writable by group or others; tightened to owner only",
+        file = crate::log_safe::SafePath(path),
+        was = FileMode(mode),
+    );
+    Ok(true)
+}
+
+/// Reads a bearer token file (`admin.token`) at `path`: private (see [`check_private`]) and at
+/// least [`MIN_TOKEN_LEN`] characters after trimming.
+pub fn read_token_file(path: &Path) -> Result<String, KeyFileError> {
+    check_private(path)?;
+    let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    })?);
+    let token = text.trim();
+    if token.chars().count() < MIN_TOKEN_LEN {
+        return Err(KeyFileError::WeakToken {
+            path: path.to_owned(),
+            len: token.chars().count(),
+        });
+    }
+    Ok(token.to_owned())
 }
 
 /// Parses 64 hex characters (surrounding white space ignored) into 32 bytes.
@@ -53,8 +212,10 @@ pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Reads a 32-byte key from `path`.
+/// Reads a 32-byte key from `path`, refusing a file others could read or change
+/// ([`check_private`]).
 pub fn read_key(path: &Path) -> Result<[u8; 32], KeyFileError> {
+    check_private(path)?;
     let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyFileError::Io {
         path: path.to_owned(),
         source,
@@ -122,5 +283,53 @@ mod tests {
         let (second, created) = read_or_create_key(&path).unwrap();
         assert!(!created);
         assert_eq!(first, second);
+    }
+
+    #[test]
+    fn key_files_open_to_others_are_refused_but_own_group_read_is_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        read_or_create_key(&path).unwrap();
+        let set = |mode| fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            // A file created by this process has its group: Kubernetes' fsGroup Secret mounts.
+            (0o640, true),
+            (0o660, false),
+            (0o604, false),
+            (0o644, false),
+            (0o602, false),
+        ] {
+            set(mode);
+            let refused = matches!(
+                read_key(&path),
+                Err(KeyFileError::Permissions { mode: m, .. }) if m == mode
+            );
+            assert_eq!(!refused, ok, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn data_directory_is_created_private_and_tightened() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b");
+        ensure_private_dir(&dir).unwrap();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_private_dir(&dir).unwrap();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let file = dir.join("f");
+        fs::write(&file, "x").unwrap();
+        assert!(matches!(
+            ensure_private_dir(&file),
+            Err(KeyFileError::NotADirectory { .. })
+        ));
     }
 }

@@ -12,6 +12,7 @@ pub mod record;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +71,9 @@ pub enum RegistryError {
     /// An earlier write failed half-way and could not be rolled back; writes are refused.
     #[error("registry log is in an unknown state after a failed write; restart to recover")]
     Poisoned,
+    /// The data directory could not be created or made private.
+    #[error(transparent)]
+    DataDir(#[from] crate::domain::secret::KeyFileError),
 }
 
 /// What opening the registry found.
@@ -306,12 +310,13 @@ impl Registry {
             let path = path.to_owned();
             move |source| RegistryError::Io { path, source }
         };
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        crate::domain::secret::ensure_private_dir(dir)?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
         if lock.try_lock().is_err() {
@@ -319,6 +324,7 @@ impl Registry {
                 path: dir.to_owned(),
             });
         }
+        tighten_registry_files(dir)?;
 
         let mut report = OpenReport::default();
         let snap_path = dir.join(SNAPSHOT_FILE);
@@ -601,8 +607,26 @@ fn sync_dir(dir: &Path) -> Result<(), RegistryError> {
         .map_err(io_err(dir))
 }
 
+/// Removes group and other permissions from the files this module and replication write into
+/// the data directory (`registry.*`, `replication.*`: they hold every registered number), in
+/// case an older version or an operator's copy left them open. Key files are not touched here:
+/// `startup::load_keys` refuses open ones instead.
+fn tighten_registry_files(dir: &Path) -> Result<(), RegistryError> {
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("registry.") || name.starts_with("replication.") {
+            let path = entry.path();
+            crate::domain::secret::tighten_file(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `dir/name` via a temporary file, fsync and rename, so it is either old or new, never
-/// torn.
+/// torn. The file is created with mode 0600 (it holds registered numbers) and exclusively: a
+/// leftover temporary file is removed first, and a link planted in its place is never followed.
 pub(crate) fn write_atomically(
     dir: &Path,
     name: &str,
@@ -610,7 +634,16 @@ pub(crate) fn write_atomically(
 ) -> Result<(), RegistryError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
-    let file = File::create(&tmp).map_err(io_err(&tmp))?;
+    match fs::remove_file(&tmp) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(io_err(&tmp)(err)),
+        _ => {}
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
     {
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         fill(&mut out)
