@@ -116,16 +116,15 @@ pub fn load_keys(config: &Config) -> Result<Keys, KeyFileError> {
 }
 
 /// Loads the token that reads `/metrics`: the setting, else `<data-dir>/metrics.token`
-/// (generated on first start, mode 0600).
+/// (generated on first start, mode 0600; refused if open to others or under 16 characters).
 pub fn load_metrics_token(config: &Config) -> Result<String, KeyFileError> {
     if let Some(token) = &config.metrics_token {
         return Ok(token.trim().to_owned());
     }
     let path = config.data_dir.join("metrics.token");
     if path.exists() {
-        let token =
-            std::fs::read_to_string(&path).map_err(|source| KeyFileError::Io { path, source })?;
-        return Ok(token.trim().to_owned());
+        // Private and at least 16 characters, like the admin token's file.
+        return secret::read_token_file(&path);
     }
     let (bytes, _) = secret::read_or_create_key(&path)?;
     Ok(secret::to_hex(&bytes))

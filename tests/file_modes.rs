@@ -157,6 +157,17 @@ fn key_files_open_to_others_and_weak_admin_token_files_are_refused_at_start() {
     }
     std::fs::write(&token, "a-long-enough-admin-token\n").unwrap();
     assert_starts(&dir, &[]);
+
+    // The metrics token file, generated at first start, is held to the same rules.
+    let metrics = dir.join("metrics.token");
+    let metrics_text = metrics.to_str().unwrap();
+    chmod(&metrics, 0o644);
+    assert_refused(&dir, &[], &[metrics_text, "chmod 600"]);
+    chmod(&metrics, 0o600);
+    std::fs::write(&metrics, "short\n").unwrap();
+    assert_refused(&dir, &[], &[metrics_text, "at least 16"]);
+    std::fs::write(&metrics, "a-long-enough-metrics-token\n").unwrap();
+    assert_starts(&dir, &[]);
 }
 
 fn import(data_dir: &Path, numbers: &str) {

@@ -38,6 +38,12 @@ async fn start_pair(extra: &[&str]) -> Pair {
     let keys = tempfile::tempdir().unwrap();
     let key_file = keys.path().join("credential.key");
     std::fs::write(&key_file, KEY).unwrap();
+    // Key files that group or others may read are refused at start.
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let key_arg = key_file.to_str().unwrap().to_owned();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let mut args = vec!["--credential-key-file", key_arg.as_str()];

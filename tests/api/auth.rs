@@ -128,6 +128,12 @@ async fn the_previous_credential_key_is_accepted_during_a_rotation() {
     let keys = tempfile::tempdir().unwrap();
     let old_file = keys.path().join("old.key");
     std::fs::write(&old_file, "17".repeat(32)).unwrap();
+    // Key files that group or others may read are refused at start.
+    std::fs::set_permissions(
+        &old_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let old = CredentialKey::from_bytes([0x17; 32]);
     let app = spawn_app_with(|c| c.previous_credential_key_file = Some(old_file)).await;
     app.change(&[REGISTERED], &[], &[]).await;
