@@ -11,6 +11,7 @@ pub mod demo;
 pub mod domain;
 pub mod hardening;
 pub mod index;
+pub mod keyed_cap;
 pub mod loadgen;
 pub mod log_safe;
 pub mod metrics;

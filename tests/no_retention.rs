@@ -125,6 +125,36 @@ fn json_body(epoch: u64, fps: &[[u8; 8]]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Registers `numbers` through the admin API.
+async fn register<S: serde::Serialize>(
+    client: &reqwest::Client,
+    server: &common::Server,
+    numbers: &[S],
+) {
+    let added = client
+        .post(format!("http://{}/admin/v1/registrations", server.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "add": numbers }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 200);
+}
+
+/// The current epoch and its salt, as a client reads them.
+async fn current_epoch(client: &reqwest::Client, server: &common::Server) -> (u64, Salt) {
+    let epoch = server.epoch(client).await;
+    let salt_bytes: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(epoch["salt"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    (
+        epoch["epoch"].as_u64().unwrap(),
+        Salt::from_bytes(salt_bytes),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_trace_of_a_query_is_kept_anywhere() {
     let dir = tempfile::tempdir().unwrap();
@@ -147,24 +177,10 @@ async fn no_trace_of_a_query_is_kept_anywhere() {
 
     // Some registered numbers, so that some uploaded fingerprints match.
     let registered = ["+4915112345678", "+15555550123", "+447700900456"];
-    let added = client
-        .post(format!("http://{}/admin/v1/registrations", server.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&serde_json::json!({ "add": registered }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(added.status(), 200);
+    register(&client, &server, &registered).await;
     let credential = credential(&data, "retention-probe");
 
-    let epoch = server.epoch(&client).await;
-    let current = epoch["epoch"].as_u64().unwrap();
-    let salt_bytes: [u8; 32] = URL_SAFE_NO_PAD
-        .decode(epoch["salt"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let salt = Salt::from_bytes(salt_bytes);
+    let (current, salt) = current_epoch(&client, &server).await;
 
     // Wait until the index holds the registrations (readiness alone is not enough).
     let matching: Vec<[u8; 8]> = registered
@@ -364,22 +380,8 @@ async fn no_metric_moves_with_the_number_of_matches() {
     let server = start_server_with_env(&data, &[], &[]);
     let client = reqwest::Client::new();
     let registered: Vec<String> = (0..20).map(|i| format!("+1555555{i:04}")).collect();
-    let added = client
-        .post(format!("http://{}/admin/v1/registrations", server.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&serde_json::json!({ "add": registered }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(added.status(), 200);
-    let epoch = server.epoch(&client).await;
-    let current = epoch["epoch"].as_u64().unwrap();
-    let salt_bytes: [u8; 32] = URL_SAFE_NO_PAD
-        .decode(epoch["salt"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let salt = Salt::from_bytes(salt_bytes);
+    register(&client, &server, &registered).await;
+    let (current, salt) = current_epoch(&client, &server).await;
     let credential = credential(&data, "metrics-probe");
     let query = |hits: usize| {
         let mut fps: Vec<[u8; 8]> = registered[..hits]

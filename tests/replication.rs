@@ -176,6 +176,19 @@ fn logged(server: &Server, needle: &str) -> bool {
     server.log_lines().iter().any(|l| l.contains(needle))
 }
 
+/// Waits (at most 20 s) until `server` has logged a line containing `needle`.
+async fn wait_logged(server: &Server, needle: &str) {
+    let started = Instant::now();
+    while !logged(server, needle) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            server.log_lines()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_change_posted_to_one_replica_reaches_the_other() {
     let cluster = Cluster::new();
@@ -395,15 +408,7 @@ async fn a_registry_that_did_not_come_from_the_stream_is_not_merged() {
     assert_eq!(status, 200);
     standalone.kill9();
     let b = cluster.replica(dir.path(), &[]);
-    let started = Instant::now();
-    while !logged(&b, "did not come from the shared stream") {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{:?}",
-            b.log_lines()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_logged(&b, "did not come from the shared stream").await;
     assert!(!cluster.ready(&b).await);
     b.kill9();
     a.kill9();
@@ -939,15 +944,7 @@ async fn authenticated_replicas(redis: RedisServer, password: &str) {
     let wrong = redis.url.replace(password, "wrong-password-9c1d");
     let dir_c = tempfile::tempdir().unwrap();
     let c = cluster.replica_of(&wrong, dir_c.path(), &[]);
-    let started = Instant::now();
-    while !logged(&c, "registry stream unavailable") {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{:?}",
-            c.log_lines()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_logged(&c, "registry stream unavailable").await;
     assert!(!cluster.ready(&c).await);
     for server in [a, b, c] {
         let lines = server.log_lines();
@@ -986,15 +983,7 @@ async fn replicas_reach_redis_over_tls_and_check_its_certificate() {
         &[],
         &[("SSL_CERT_FILE", empty_roots.path().to_str().unwrap())],
     );
-    let started = Instant::now();
-    while !logged(&c, "registry stream unavailable") {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{:?}",
-            c.log_lines()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_logged(&c, "registry stream unavailable").await;
     assert!(!cluster.ready(&c).await);
     for server in [a, b, c] {
         server.kill9();

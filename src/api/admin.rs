@@ -47,13 +47,8 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let given = super::bearer_token(request.headers()).map(hash_token);
-    // blake3::Hash equality is constant-time.
-    if given == Some(state.admin_token_hash) {
-        next.run(request).await
-    } else {
-        ApiError::AdminUnauthorized.into_response()
-    }
+    let allowed = [state.admin_token_hash];
+    run_if_token_in(&allowed, request, next).await
 }
 
 /// Refuses `/metrics` without the metrics token or the admin token. Prometheus sends it as a
@@ -63,9 +58,18 @@ pub async fn require_metrics_token(
     request: Request,
     next: Next,
 ) -> Response {
+    let allowed = [state.metrics_token_hash, state.admin_token_hash];
+    run_if_token_in(&allowed, request, next).await
+}
+
+/// Runs the request if its bearer token hashes to one of `allowed`, else answers 401.
+async fn run_if_token_in(allowed: &[blake3::Hash], request: Request, next: Next) -> Response {
     let given = super::bearer_token(request.headers()).map(hash_token);
-    // blake3::Hash equality is constant-time.
-    if given == Some(state.metrics_token_hash) || given == Some(state.admin_token_hash) {
+    // blake3::Hash equality is constant-time; every allowed hash is compared.
+    let matched = allowed
+        .iter()
+        .fold(false, |found, hash| found | (given == Some(*hash)));
+    if matched {
         next.run(request).await
     } else {
         ApiError::AdminUnauthorized.into_response()

@@ -83,7 +83,7 @@ pub async fn discover(
     let user = authenticate(&state, &headers)?;
     // Anonymous (insecure demo) requests all share one user id; capping it would cap everyone.
     let _user_slot = match state.credential_key {
-        Some(_) => state.user_in_flight.enter(&user)?,
+        Some(_) => Some(state.user_in_flight.enter(&user)?),
         None => None,
     };
     let format = Format::from_media_type(media_type(&headers).as_deref());

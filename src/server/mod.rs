@@ -22,7 +22,6 @@
 //! before any timer and would let a silent connection stay open forever.
 
 mod error_reply;
-mod peers;
 
 use std::io;
 use std::net::SocketAddr;
@@ -45,7 +44,8 @@ use tokio_io_timeout::TimeoutStream;
 use tower::ServiceExt;
 
 use error_reply::ErrorReplies;
-use peers::PeerCounts;
+
+use crate::keyed_cap::KeyedCap;
 
 /// How long shutdown waits for open connections to finish their requests before giving up on
 /// them (a client that never reads its response must not hold the process forever).
@@ -115,7 +115,7 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
-    let peers = PeerCounts::new(limits.max_connections_per_address);
+    let peers = KeyedCap::new(limits.max_connections_per_address as usize);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -142,7 +142,7 @@ pub async fn serve(
             },
         };
         // Over the per-address cap: closed at once (dropping the stream), the slot freed.
-        let Some(peer_slot) = peers.admit(peer.ip()) else {
+        let Some(peer_slot) = peers.enter(&peer.ip()) else {
             cuts.inc("per_address_cap");
             continue;
         };
