@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_TOKEN, BIN, files_under, start_server};
+use common::{ADMIN_TOKEN, BIN, files_under, import, start_server};
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
@@ -168,24 +168,6 @@ fn key_files_open_to_others_and_weak_admin_token_files_are_refused_at_start() {
     assert_refused(&dir, &[], &[metrics_text, "at least 16"]);
     std::fs::write(&metrics, "a-long-enough-metrics-token\n").unwrap();
     assert_starts(&dir, &[]);
-}
-
-fn import(data_dir: &Path, numbers: &str) {
-    let mut child = Command::new(BIN)
-        .args(["registry", "import", "-", "--data-dir"])
-        .arg(data_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), numbers.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -822,23 +822,9 @@ async fn redis_holds_no_registered_number_in_clear() {
 async fn a_local_registry_seeds_an_empty_shared_one() {
     let cluster = Cluster::new();
     let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("numbers.txt");
-    std::fs::write(
-        &list,
-        format!("{}\n{}\n{} hidden\n", NUMBERS[0], NUMBERS[2], NUMBERS[4]),
-    )
-    .unwrap();
-    let out = std::process::Command::new(common::BIN)
-        .args(["registry", "import"])
-        .arg(&list)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::import(
+        dir.path(),
+        &format!("{}\n{}\n{} hidden\n", NUMBERS[0], NUMBERS[2], NUMBERS[4]),
     );
     // The documented seeding path: the first replica publishes its registry and is ready.
     let a = cluster.replica(dir.path(), &[]);

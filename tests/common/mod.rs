@@ -177,6 +177,25 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     found
 }
 
+/// `registry import` of `numbers` (one `+E164[ hidden]` a line) into `data_dir`; must succeed.
+pub fn import(data_dir: &Path, numbers: &str) {
+    let mut child = Command::new(BIN)
+        .args(["registry", "import", "-", "--data-dir"])
+        .arg(data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), numbers.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `registry export` of `data_dir`, one line per registration.
 pub fn export(data_dir: &Path) -> Vec<String> {
     let out = Command::new(BIN)
