@@ -87,7 +87,9 @@ mod tests {
         drop(first);
         let third = cap.enter(&"a");
         assert!(third.is_some(), "a slot given back is free again");
-        drop((second, third));
+        let other = cap.enter(&"b");
+        assert_eq!(cap.keys(), 2);
+        drop((second, third, other));
         assert_eq!(cap.keys(), 0, "keys without slots are forgotten");
     }
 

@@ -201,4 +201,83 @@ mod tests {
             assert!(json_reply(head.as_bytes()).is_none(), "{head:?}");
         }
     }
+
+    /// Writes `chunks` through `socket`, vectored (as hyper writes to a TCP stream) or plain,
+    /// checking that every write reports progress it really made.
+    async fn write_each<S: AsyncWrite + Unpin>(socket: &mut S, chunks: &[&[u8]], vectored: bool) {
+        use tokio::io::AsyncWriteExt;
+        for chunk in chunks {
+            let mut left = *chunk;
+            while !left.is_empty() {
+                let n = if vectored {
+                    socket.write_vectored(&[IoSlice::new(left)]).await.unwrap()
+                } else {
+                    socket.write(left).await.unwrap()
+                };
+                assert!(n > 0 && n <= left.len(), "wrote {n} of {}", left.len());
+                left = &left[n..];
+            }
+        }
+    }
+
+    /// Through a byte stream with a 64-byte buffer (so every answer takes several writes),
+    /// behind a buffering writer (so a flush must reach it): hyper's answer comes out as the
+    /// JSON error, anything else byte for byte, and flush and shutdown reach the stream.
+    #[tokio::test]
+    async fn the_socket_carries_the_replacement_and_passes_the_rest() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+        let hyper_head = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let ours: &[u8] =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        let expected = render(
+            "HTTP/1.1",
+            StatusCode::BAD_REQUEST,
+            &ApiError::MalformedRequest,
+        );
+        for vectored in [false, true] {
+            let (near, mut far) = tokio::io::duplex(64);
+            let mut socket = ErrorReplies::new(BufWriter::new(near));
+            let reader = tokio::spawn(async move {
+                let mut first = vec![0u8; ours.len()];
+                far.read_exact(&mut first).await.unwrap();
+                let mut rest = Vec::new();
+                far.read_to_end(&mut rest).await.unwrap();
+                (first, rest)
+            });
+            write_each(&mut socket, &[ours], vectored).await;
+            // Flushed, ours reaches the other end before anything else is written.
+            tokio::time::timeout(std::time::Duration::from_secs(5), socket.flush())
+                .await
+                .expect("flush reaches the stream")
+                .unwrap();
+            write_each(&mut socket, &[&hyper_head[..]], vectored).await;
+            tokio::time::timeout(std::time::Duration::from_secs(5), socket.shutdown())
+                .await
+                .expect("shutdown reaches the stream")
+                .unwrap();
+            let (first, rest) = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+                .await
+                .expect("the other end sees the end of the stream")
+                .unwrap();
+            assert_eq!(first, ours, "ours passes untouched");
+            assert_eq!(rest, expected, "hyper's answer is replaced whole");
+        }
+    }
+
+    #[test]
+    fn vectored_writes_are_offered_as_the_stream_offers_them() {
+        // A sink writes slice by slice; a TCP stream takes many slices at once.
+        assert!(!ErrorReplies::new(tokio::io::sink()).is_write_vectored());
+        let std_stream = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| std::net::TcpStream::connect(l.local_addr()?))
+            .unwrap();
+        std_stream.set_nonblocking(true).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let tcp = tokio::net::TcpStream::from_std(std_stream).unwrap();
+        assert!(ErrorReplies::new(tcp).is_write_vectored());
+    }
 }
