@@ -266,8 +266,25 @@ mod tests {
 
     #[test]
     fn vectored_writes_are_offered_as_the_stream_offers_them() {
-        // A sink writes slice by slice; a TCP stream takes many slices at once.
-        assert!(!ErrorReplies::new(tokio::io::sink()).is_write_vectored());
+        /// A writer that takes one slice at a time (the trait's default).
+        struct OneSlice;
+        impl AsyncWrite for OneSlice {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Ok(buf.len()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        assert!(!ErrorReplies::new(OneSlice).is_write_vectored());
+        // A TCP stream takes many slices at once.
         let std_stream = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| std::net::TcpStream::connect(l.local_addr()?))
             .unwrap();
