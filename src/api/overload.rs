@@ -57,14 +57,22 @@ mod tests {
 
     #[test]
     fn a_user_over_the_cap_gets_user_in_flight_with_retry_after() {
-        let caps = UserInFlight::new(1);
+        let caps = UserInFlight::new(3);
         let alice = UserId::parse("alice").unwrap();
-        let _held = caps.enter(&alice).unwrap();
-        let refused = caps
-            .enter(&alice)
-            .err()
-            .map(|e| (e.code(), e.status().as_u16()));
-        assert_eq!(refused, Some(("user_in_flight", 429)));
+        let _held: Vec<_> = (0..3).map(|_| caps.enter(&alice).unwrap()).collect();
+        let refused = caps.enter(&alice).err();
+        let seen = refused.as_ref().map(|e| (e.code(), e.status().as_u16()));
+        assert_eq!(seen, Some(("user_in_flight", 429)));
+        assert!(
+            matches!(
+                refused,
+                Some(ApiError::UserInFlight {
+                    max: 3,
+                    retry_after: RETRY_AFTER_SECS
+                })
+            ),
+            "{refused:?}"
+        );
         assert!(caps.enter(&UserId::parse("bob").unwrap()).is_ok());
     }
 }

@@ -223,6 +223,13 @@ mod tests {
     /// Through a byte stream with a 64-byte buffer (so every answer takes several writes),
     /// behind a buffering writer (so a flush must reach it): hyper's answer comes out as the
     /// JSON error, anything else byte for byte, and flush and shutdown reach the stream.
+    /// `future`'s output, or `Elapsed` after five seconds.
+    async fn within<F: std::future::Future>(
+        future: F,
+    ) -> Result<F::Output, tokio::time::error::Elapsed> {
+        tokio::time::timeout(std::time::Duration::from_secs(5), future).await
+    }
+
     #[tokio::test]
     async fn the_socket_carries_the_replacement_and_passes_the_rest() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -235,27 +242,31 @@ mod tests {
             &ApiError::MalformedRequest,
         );
         for vectored in [false, true] {
-            let (near, mut far) = tokio::io::duplex(64);
+            // Room for our answer, not for the replacement: that one takes several writes.
+            let (near, mut far) = tokio::io::duplex(96);
             let mut socket = ErrorReplies::new(BufWriter::new(near));
-            let reader = tokio::spawn(async move {
-                let mut first = vec![0u8; ours.len()];
-                far.read_exact(&mut first).await.unwrap();
-                let mut rest = Vec::new();
-                far.read_to_end(&mut rest).await.unwrap();
-                (first, rest)
-            });
             write_each(&mut socket, &[ours], vectored).await;
             // Flushed, ours reaches the other end before anything else is written.
-            tokio::time::timeout(std::time::Duration::from_secs(5), socket.flush())
+            within(socket.flush())
                 .await
-                .expect("flush reaches the stream")
+                .expect("flush returns")
                 .unwrap();
+            let mut first = vec![0u8; ours.len()];
+            within(far.read_exact(&mut first))
+                .await
+                .expect("a flush reaches the stream")
+                .unwrap();
+            let reader = tokio::spawn(async move {
+                let mut rest = Vec::new();
+                far.read_to_end(&mut rest).await.unwrap();
+                rest
+            });
             write_each(&mut socket, &[&hyper_head[..]], vectored).await;
-            tokio::time::timeout(std::time::Duration::from_secs(5), socket.shutdown())
+            within(socket.shutdown())
                 .await
                 .expect("shutdown reaches the stream")
                 .unwrap();
-            let (first, rest) = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            let rest = within(reader)
                 .await
                 .expect("the other end sees the end of the stream")
                 .unwrap();
