@@ -111,6 +111,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ErrorReplies<S> {
 /// The JSON answer standing in for `head` when it is hyper's own answer to an unparsable
 /// request; `None` for anything else.
 fn json_reply(head: &[u8]) -> Option<Vec<u8>> {
+    // Every answer passes here: rule out all but the three statuses before parsing anything.
+    if !matches!(head.get(9..13), Some(b"400 " | b"414 " | b"431 ")) {
+        return None;
+    }
     let text = std::str::from_utf8(head).ok()?;
     let text = text.strip_suffix("\r\n\r\n")?;
     let mut lines = text.split("\r\n");
