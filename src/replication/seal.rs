@@ -46,16 +46,6 @@ pub enum OpenError {
     Auth,
 }
 
-impl OpenError {
-    /// The metric label and log reason.
-    pub fn reason(self) -> &'static str {
-        match self {
-            OpenError::Format => "format",
-            OpenError::Auth => "mac",
-        }
-    }
-}
-
 /// The keys that seal and open the registry in Redis.
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
