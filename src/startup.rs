@@ -71,13 +71,15 @@ pub struct Keys {
     pub previous_credential_key: Option<CredentialKey>,
     /// The admin bearer token.
     pub admin_token: String,
+    /// The bearer token that reads `/metrics` (the admin token does too).
+    pub metrics_token: String,
 }
 
-/// Loads the server secret, credential key and admin token: an explicit setting wins, otherwise
+/// Loads the server secret, credential key, admin and metrics tokens: an explicit setting wins, otherwise
 /// each is read from (or generated on first start into) the data directory with mode 0600. The
 /// data directory is made private (0700, see [`secret::ensure_private_dir`]); every key file
-/// read must be private too ([`secret::check_private`]), and an admin token file must hold at
-/// least 16 characters, as the flag and the environment must.
+/// read must be private too ([`secret::check_private`]), and a token file must hold at least 16
+/// characters, as the flags and the environment must.
 pub fn load_keys(config: &Config) -> Result<Keys, KeyFileError> {
     secret::ensure_private_dir(&config.data_dir)?;
     let secret = match (&config.server_secret, &config.server_secret_file) {
@@ -95,39 +97,17 @@ pub fn load_keys(config: &Config) -> Result<Keys, KeyFileError> {
         Some(path) => Some(CredentialKey::from_bytes(secret::read_key(path)?)),
         None => None,
     };
-    let admin_token = match &config.admin_token {
-        Some(token) => token.trim().to_owned(),
-        None => {
-            let path = config.data_dir.join("admin.token");
-            if path.exists() {
-                secret::read_token_file(&path)?
-            } else {
-                let (bytes, _) = secret::read_or_create_key(&path)?;
-                secret::to_hex(&bytes)
-            }
-        }
+    let token = |setting: &Option<String>, file: &str| match setting {
+        Some(token) => Ok(token.trim().to_owned()),
+        None => secret::read_or_create_token(&config.data_dir.join(file)),
     };
     Ok(Keys {
         secret: ServerSecret::from_bytes(secret),
         credential_key: CredentialKey::from_bytes(credential_key),
         previous_credential_key,
-        admin_token,
+        admin_token: token(&config.admin_token, "admin.token")?,
+        metrics_token: token(&config.metrics_token, "metrics.token")?,
     })
-}
-
-/// Loads the token that reads `/metrics`: the setting, else `<data-dir>/metrics.token`
-/// (generated on first start, mode 0600; refused if open to others or under 16 characters).
-pub fn load_metrics_token(config: &Config) -> Result<String, KeyFileError> {
-    if let Some(token) = &config.metrics_token {
-        return Ok(token.trim().to_owned());
-    }
-    let path = config.data_dir.join("metrics.token");
-    if path.exists() {
-        // Private and at least 16 characters, like the admin token's file.
-        return secret::read_token_file(&path);
-    }
-    let (bytes, _) = secret::read_or_create_key(&path)?;
-    Ok(secret::to_hex(&bytes))
 }
 
 /// A built service: listeners bound, not yet serving.
@@ -232,7 +212,7 @@ impl Application {
             },
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
             user_in_flight: UserInFlight::new(config.max_in_flight_per_user),
-            metrics_token_hash: admin::hash_token(&load_metrics_token(&config)?),
+            metrics_token_hash: admin::hash_token(&keys.metrics_token),
             replica,
             shared_limiter,
         });

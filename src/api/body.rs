@@ -68,15 +68,12 @@ async fn read_all(
     min_bytes_per_sec: u64,
     received: &mut usize,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    let declared = declared_length(headers);
+    if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::BodyTooLarge { limit });
     }
     let started = tokio::time::Instant::now();
-    let mut buf = Zeroizing::new(Vec::with_capacity(declared.unwrap_or(0) as usize));
+    let mut buf = Zeroizing::new(Vec::with_capacity(declared.unwrap_or(0)));
     let mut body = body;
     loop {
         // The next chunk must come before the average since the grace drops under the minimum.
@@ -107,6 +104,15 @@ async fn read_all(
         }
     }
     Ok(buf)
+}
+
+/// The body length `Content-Length` announces, if it is a number. (One too large for `usize`
+/// is no number here: it is refused by hyper or, larger than any limit, never fits anyway.)
+pub fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
 }
 
 /// When a body that has delivered `received` bytes since `started` falls under

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::body::{media_type, read_limited};
+use super::body::{declared_length, media_type, read_limited};
 use super::codec::{self, DiscoverRequest, Format};
 use super::{ApiError, EpochInfo, SharedState};
 use crate::domain::{CredentialError, Epoch, FINGERPRINT_BYTES, UserId};
@@ -94,7 +94,8 @@ pub async fn discover(
     };
     charge(&state, &user, up_front).await?;
     let format = format?;
-    let (request, raw) = read_request(&state, &user, &headers, body, format, up_front).await?;
+    let (request, raw) =
+        read_request(&state, &user, &headers, body, format, declared, up_front).await?;
     drop(raw); // wiped now: only the decoded, zeroizing fingerprints remain
     #[cfg(feature = "test-hooks")]
     test_hooks::maybe_panic(&headers, &request);
@@ -136,10 +137,10 @@ async fn read_request(
     headers: &HeaderMap,
     body: Body,
     format: Format,
+    declared: Option<usize>,
     paid: usize,
 ) -> Result<(DiscoverRequest, Zeroizing<Vec<u8>>), ApiError> {
     let limit = format.body_limit(state.max_batch);
-    let declared = declared_length(headers);
     let raw = match read_limited(headers, body, limit, state.body_pace).await {
         Ok(raw) => raw,
         // Refused on its head alone, never read: the minimum charged up front is its cost.
@@ -172,14 +173,6 @@ fn up_front_cost(format: Format, declared: Option<usize>, max_batch: usize) -> u
         }
         _ => 1,
     }
-}
-
-/// The body length `Content-Length` announces, if any.
-fn declared_length(headers: &HeaderMap) -> Option<usize> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
 }
 
 /// Takes `n` fingerprints from `user`'s budget (shared across replicas when configured), or

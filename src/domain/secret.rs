@@ -174,14 +174,20 @@ pub fn tighten_file(path: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Reads a bearer token file (`admin.token`) at `path`: private (see [`check_private`]) and at
-/// least [`MIN_TOKEN_LEN`] characters after trimming.
-pub fn read_token_file(path: &Path) -> Result<String, KeyFileError> {
+/// The text of the file at `path`, which must be private ([`check_private`]).
+fn read_private(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
     check_private(path)?;
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyFileError::Io {
+    let text = fs::read_to_string(path).map_err(|source| KeyFileError::Io {
         path: path.to_owned(),
         source,
-    })?);
+    })?;
+    Ok(Zeroizing::new(text))
+}
+
+/// Reads a bearer token file (`admin.token`, `metrics.token`) at `path`: private (see
+/// [`check_private`]) and at least [`MIN_TOKEN_LEN`] characters after trimming.
+pub fn read_token_file(path: &Path) -> Result<String, KeyFileError> {
+    let text = read_private(path)?;
     let token = text.trim();
     if token.chars().count() < MIN_TOKEN_LEN {
         return Err(KeyFileError::WeakToken {
@@ -215,11 +221,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 /// Reads a 32-byte key from `path`, refusing a file others could read or change
 /// ([`check_private`]).
 pub fn read_key(path: &Path) -> Result<[u8; 32], KeyFileError> {
-    check_private(path)?;
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyFileError::Io {
-        path: path.to_owned(),
-        source,
-    })?);
+    let text = read_private(path)?;
     parse_hex32(&text).ok_or_else(|| KeyFileError::Format {
         path: path.to_owned(),
     })
@@ -235,6 +237,16 @@ pub fn read_or_create_key(path: &Path) -> Result<([u8; 32], bool), KeyFileError>
     rand::rng().fill_bytes(&mut key);
     write_secret_file(path, to_hex(&key).as_bytes())?;
     Ok((key, true))
+}
+
+/// Reads the token file at `path` ([`read_token_file`]), or creates it with a fresh random token
+/// (64 hex characters, mode 0600) if it does not exist.
+pub fn read_or_create_token(path: &Path) -> Result<String, KeyFileError> {
+    if path.exists() {
+        return read_token_file(path);
+    }
+    let (bytes, _) = read_or_create_key(path)?;
+    Ok(to_hex(&bytes))
 }
 
 /// Creates `path` with mode 0600 and `contents`, durably; fails if it already exists.
