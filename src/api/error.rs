@@ -248,6 +248,19 @@ impl ApiError {
         }
     }
 
+    /// Seconds the client should wait before retrying, for the errors that say so (the
+    /// `retry_after` field and the `Retry-After` header).
+    pub fn retry_after(&self) -> Option<u64> {
+        use ApiError::*;
+        match self {
+            RateLimited { retry_after }
+            | Overloaded { retry_after }
+            | UserInFlight { retry_after, .. } => Some(*retry_after),
+            NotReady | RegistryStreamUnavailable => Some(1),
+            _ => None,
+        }
+    }
+
     /// Every code, for documentation tests.
     pub const CODES: &'static [&'static str] = &[
         "missing_credential",
@@ -293,37 +306,18 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut body = json!({ "code": self.code(), "message": self.to_string() });
-        let mut retry_after = None;
+        let retry_after = self.retry_after();
+        if let Some(secs) = retry_after {
+            body["retry_after"] = json!(secs);
+        }
         match &self {
             ApiError::EpochUnavailable(info) => {
                 body["current"] = json!(info);
-            }
-            ApiError::RateLimited { retry_after: secs } => {
-                body["retry_after"] = json!(secs);
-                retry_after = Some(*secs);
-            }
-            ApiError::NotReady | ApiError::RegistryStreamUnavailable => {
-                body["retry_after"] = json!(1);
-                retry_after = Some(1);
-            }
-            ApiError::Overloaded { retry_after: secs } => {
-                body["retry_after"] = json!(secs);
-                retry_after = Some(*secs);
-            }
-            ApiError::UserInFlight {
-                retry_after: secs, ..
-            } => {
-                body["retry_after"] = json!(secs);
-                retry_after = Some(*secs);
             }
             ApiError::InvalidNumbers(problems) | ApiError::ConflictingChanges(problems) => {
                 body["invalid"] = json!(problems.shown);
                 body["invalid_total"] = json!(problems.total);
             }
-            ApiError::MissingCredential
-            | ApiError::InvalidCredential(_)
-            | ApiError::ExpiredCredential
-            | ApiError::AdminUnauthorized => {}
             _ => {}
         }
         let mut response = (status, Json(body)).into_response();
