@@ -7,10 +7,10 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_TOKEN, BIN, files_under, import, start_server};
+use common::{ADMIN_TOKEN, files_under, import, start_server};
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
@@ -47,18 +47,8 @@ fn serve(data_dir: &Path, extra: &[&str]) -> Outcome {
     let log_dir = tempfile::tempdir().unwrap();
     let log_path = log_dir.path().join("out");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
+    let mut child = common::serve_command(data_dir)
         .args(extra)
-        .env_remove("RUST_LOG")
         .env_remove("CONTACT_DISCOVERY_ADMIN_TOKEN")
         .stdout(log.try_clone().unwrap())
         .stderr(log)

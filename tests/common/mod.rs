@@ -28,8 +28,9 @@ pub fn start_server(data_dir: &Path, extra: &[&str]) -> Server {
     start_server_with_env(data_dir, extra, &[])
 }
 
-/// Like [`start_server`], with environment variables set for the child.
-pub fn start_server_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+/// `serve` on `data_dir` with both listeners on port 0 and `RUST_LOG` cleared; no admin token,
+/// no output redirection.
+pub fn serve_command(data_dir: &Path) -> Command {
     let mut command = Command::new(BIN);
     command
         .args([
@@ -41,9 +42,16 @@ pub fn start_server_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// Like [`start_server`], with environment variables set for the child.
+pub fn start_server_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut command = serve_command(data_dir);
+    command
         .args(["--admin-token", ADMIN_TOKEN])
         .args(extra)
-        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (key, value) in env {
