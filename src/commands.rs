@@ -3,11 +3,12 @@
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ServeArgs, default_credential_key_path};
 use crate::domain::secret::{self, KeyFileError};
 use crate::domain::{CredentialKey, E164, UserId};
-use crate::registry::{Registry, RegistryError, Visibility, generate};
-use crate::startup::{Application, StartupError, shutdown_signal};
+use crate::server::config::{Config, ServeArgs, default_credential_key_path};
+use crate::server::startup::{Application, StartupError, shutdown_signal};
+use crate::store::registry::{Registry, RegistryError, Visibility};
+use crate::tools::generate;
 
 /// A command failed; the message is for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +18,7 @@ pub enum CommandError {
     Startup(#[from] StartupError),
     /// Configuration problem.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::server::config::ConfigError),
     /// Registry problem.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -58,14 +59,14 @@ pub fn init_logging(filter: &str) {
 pub fn serve(args: &ServeArgs) -> Result<(), CommandError> {
     let config = Config::load(args)?;
     init_logging(&config.log);
-    crate::hardening::install_redacting_panic_hook();
-    if let Err(err) = crate::hardening::disable_core_dumps() {
+    crate::server::hardening::install_redacting_panic_hook();
+    if let Err(err) = crate::server::hardening::disable_core_dumps() {
         crate::safe_warn!("could not disable core dumps", error = err);
     }
     crate::safe_info!("starting", config = config);
     if config.mlock {
         // Asked for explicitly: running without it would silently break the promise.
-        crate::hardening::lock_memory().map_err(io(
+        crate::server::hardening::lock_memory().map_err(io(
             "--mlock: cannot lock memory (needs CAP_IPC_LOCK or a higher RLIMIT_MEMLOCK)",
         ))?;
         crate::safe_info!("memory locked: nothing of this process is swapped out");
@@ -76,7 +77,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), CommandError> {
         .map_err(io("starting the async runtime"))?;
     runtime.block_on(async move {
         if config.demo {
-            crate::demo::seed_if_empty(&config)?;
+            crate::tools::demo::seed_if_empty(&config)?;
         }
         let app = Application::build(config.clone()).await?;
         app.warm_up().await;
@@ -86,7 +87,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), CommandError> {
             admin = app.admin_addr()
         );
         if config.demo {
-            crate::demo::print_instructions(&config, &app);
+            crate::tools::demo::print_instructions(&config, &app);
         }
         app.run_until_stopped(shutdown_signal())
             .await
@@ -206,7 +207,7 @@ pub struct DiscoverArgs {
     /// Region for national-format numbers, e.g. `DE`.
     pub region: Option<String>,
     /// Request encoding.
-    pub format: crate::api::codec::Format,
+    pub format: crate::server::api::codec::Format,
     /// Print JSON instead of text.
     pub json: bool,
     /// Per-request timeout.
@@ -267,13 +268,13 @@ pub fn audit(
     refill_per_day: u64,
     json: bool,
 ) -> Result<(), CommandError> {
-    let report = crate::audit::run(seconds, burst, refill_per_day);
+    let report = crate::tools::audit::run(seconds, burst, refill_per_day);
     print_report(json, &report, || report.render_text())
 }
 
 /// `loadgen`: open-loop load against a running service; prints the report.
-pub fn loadgen(args: &crate::loadgen::LoadgenArgs) -> Result<(), CommandError> {
-    crate::loadgen::run_and_print(args).map_err(|e| CommandError::Refused(e.to_string()))
+pub fn loadgen(args: &crate::tools::loadgen::LoadgenArgs) -> Result<(), CommandError> {
+    crate::tools::loadgen::run_and_print(args).map_err(|e| CommandError::Refused(e.to_string()))
 }
 
 /// `healthcheck`: exits 0 if `url` answers 200 within `timeout`, else fails. For a container

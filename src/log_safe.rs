@@ -32,10 +32,10 @@ impl LogSafe for tokio::task::JoinError {}
 // hyper's connection errors describe the transport (timeouts, resets), never payloads.
 impl LogSafe for hyper::Error {}
 // The crate's own errors that reach logs: their messages name files and settings, never numbers.
-impl LogSafe for crate::registry::RegistryError {}
-impl LogSafe for crate::registry::record::RecordError {}
-impl LogSafe for crate::replication::ReplicationError {}
-impl LogSafe for crate::replication::StreamPos {}
+impl LogSafe for crate::store::registry::RegistryError {}
+impl LogSafe for crate::store::registry::record::RecordError {}
+impl LogSafe for crate::store::replication::ReplicationError {}
+impl LogSafe for crate::store::replication::StreamPos {}
 impl LogSafe for crate::domain::secret::KeyFileError {}
 impl<T: LogSafe + ?Sized> LogSafe for &T {}
 

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use contact_discovery::api::codec::Format;
 use contact_discovery::commands;
-use contact_discovery::config::{DEFAULT_DATA_DIR, ServeArgs};
+use contact_discovery::server::api::codec::Format;
+use contact_discovery::server::config::{DEFAULT_DATA_DIR, ServeArgs};
 
 mod wipe_alloc;
 
@@ -83,7 +83,7 @@ enum Command {
         json: bool,
     },
     /// Open-loop load test of a running service (see docs/BENCHMARKS.md).
-    Loadgen(Box<contact_discovery::loadgen::LoadgenArgs>),
+    Loadgen(Box<contact_discovery::tools::loadgen::LoadgenArgs>),
     /// Read an address book (vCard or CSV) and show which contacts are registered.
     Discover {
         /// Server base URL.

@@ -115,7 +115,7 @@ impl ReplicationMetrics {
                 )?;
                 registry.register(Box::new(c.clone()))?;
                 // Exported at 0 from the start, so an alert on any increase works at once.
-                for reason in crate::replication::Refusal::ALL {
+                for reason in crate::store::replication::Refusal::ALL {
                     c.with_label_values(&[reason.label()]);
                 }
                 c
@@ -244,7 +244,7 @@ impl Metrics {
     }
 
     /// Sets the registry size gauges.
-    pub fn set_registry_counts(&self, counts: crate::registry::Counts) {
+    pub fn set_registry_counts(&self, counts: crate::store::registry::Counts) {
         self.registry_size
             .with_label_values(&["discoverable"])
             .set(counts.discoverable as i64);

@@ -9,11 +9,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use contact_discovery::api::codec::{self, Format};
 use contact_discovery::clock::Clock;
-use contact_discovery::config::Config;
 use contact_discovery::domain::{E164, Fingerprint, Salt, UserId};
-use contact_discovery::startup::{Application, load_keys};
+use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::server::config::Config;
+use contact_discovery::server::startup::{Application, load_keys};
 use serde::Deserialize;
 
 fn deploy_dir() -> PathBuf {

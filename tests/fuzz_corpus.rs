@@ -4,12 +4,12 @@
 
 use std::path::Path;
 
-use contact_discovery::api::codec::{self, Format};
 use contact_discovery::client::addressbook::{read_csv, read_vcard};
 use contact_discovery::client::normalise::Normaliser;
 use contact_discovery::domain::{CredentialKey, E164};
-use contact_discovery::registry::Registry;
-use contact_discovery::registry::record::{decode_record, encode_record};
+use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::store::registry::Registry;
+use contact_discovery::store::registry::record::{decode_record, encode_record};
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 const MAY_PRINT: &[&str] = &[
     "src/main.rs",
     "src/commands.rs",
-    "src/demo.rs",
-    "src/audit.rs",
-    "src/loadgen/",
+    "src/tools/demo.rs",
+    "src/tools/audit.rs",
+    "src/tools/loadgen/",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

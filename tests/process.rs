@@ -564,7 +564,7 @@ async fn discover_cli_finds_the_registered_example_contacts() {
         .unwrap();
     let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
     let registered: std::collections::HashSet<_> =
-        contact_discovery::demo::registered_example_numbers()
+        contact_discovery::tools::demo::registered_example_numbers()
             .into_iter()
             .collect();
     let book_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/contacts.vcf");

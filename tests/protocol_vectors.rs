@@ -1,10 +1,10 @@
 //! The test vectors published in docs/PROTOCOL.md, checked against the implementation: the
 //! derivations in the library, and the request/response bytes of the real server.
 
-use contact_discovery::api::codec::{self, Format};
 use contact_discovery::client::{Client, ClientConfig};
 use contact_discovery::domain::secret::parse_hex32;
 use contact_discovery::domain::{CredentialKey, E164, Epoch, Fingerprint, ServerSecret, UserId};
+use contact_discovery::server::api::codec::{self, Format};
 use serde_json::Value;
 
 fn vectors() -> Value {
@@ -99,8 +99,8 @@ fn credential() {
 #[tokio::test]
 async fn the_server_answers_the_published_request() {
     use contact_discovery::clock::Clock;
-    use contact_discovery::config::Config;
-    use contact_discovery::startup::{Application, load_keys};
+    use contact_discovery::server::config::Config;
+    use contact_discovery::server::startup::{Application, load_keys};
 
     let v = vectors();
     let r = &v["request"];
@@ -125,7 +125,7 @@ async fn the_server_answers_the_published_request() {
         .collect();
     let ops: Vec<_> = numbers
         .into_iter()
-        .map(contact_discovery::registry::Op::Add)
+        .map(contact_discovery::store::registry::Op::Add)
         .collect();
     app.state().registry.apply(&ops).unwrap();
     app.warm_up().await;

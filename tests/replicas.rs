@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{ADMIN_TOKEN, Server, start_server_with_env};
-use contact_discovery::api::codec::{self, Format};
 use contact_discovery::domain::{E164, Fingerprint, Salt};
+use contact_discovery::server::api::codec::{self, Format};
 
 const SECRET: &str = "8f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 const KEY: &str = "4242424242424242424242424242424242424242424242424242424242424242";

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{ADMIN_TOKEN, RedisServer, Server, start_server_with_env};
-use contact_discovery::api::codec::{self, Format};
 use contact_discovery::domain::{E164, Fingerprint, Salt};
+use contact_discovery::server::api::codec::{self, Format};
 
 const SECRET: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 const KEY: &str = "5151515151515151515151515151515151515151515151515151515151515151";
@@ -581,8 +581,8 @@ fn xadd(redis: &RedisServer, field: &str, value: &[u8]) {
 
 #[tokio::test]
 async fn records_added_to_redis_without_the_secret_are_refused_and_counted() {
-    use contact_discovery::registry::Op;
-    use contact_discovery::registry::record::encode_record;
+    use contact_discovery::store::registry::Op;
+    use contact_discovery::store::registry::record::encode_record;
     let cluster = Cluster::new();
     let dir = tempfile::tempdir().unwrap();
     let mut a = cluster.replica(dir.path(), &[]);

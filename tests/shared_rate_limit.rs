@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::RedisServer;
 use contact_discovery::domain::{ServerSecret, UserId};
-use contact_discovery::ratelimit::{FingerprintLimiter, Limited, SharedLimiter};
+use contact_discovery::server::ratelimit::{FingerprintLimiter, Limited, SharedLimiter};
 use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

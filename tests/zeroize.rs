@@ -14,8 +14,8 @@ use axum::body::Body;
 use axum::http::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use contact_discovery::api::body::read_limited;
-use contact_discovery::api::codec::{self, Format};
+use contact_discovery::server::api::body::read_limited;
+use contact_discovery::server::api::codec::{self, Format};
 use http_body_util::BodyExt;
 use zeroize::Zeroizing;
 
@@ -105,7 +105,7 @@ async fn request_and_response_buffers_are_wiped_before_they_are_freed() {
                 &headers,
                 body_of(&mut bytes),
                 1 << 20,
-                contact_discovery::api::body::BodyPace {
+                contact_discovery::server::api::body::BodyPace {
                     timeout: std::time::Duration::from_secs(5),
                     min_bytes_per_sec: 0,
                 },

@@ -1,7 +1,7 @@
 //! The binary discovery body: never panics; what it accepts re-encodes to the same bytes.
 #![no_main]
 
-use contact_discovery::api::codec::{self, Format};
+use contact_discovery::server::api::codec::{self, Format};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_BATCH: usize = 512;

@@ -1,7 +1,7 @@
 //! The JSON discovery body: never panics; what it accepts survives an encode/decode round trip.
 #![no_main]
 
-use contact_discovery::api::codec::{self, Format};
+use contact_discovery::server::api::codec::{self, Format};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_BATCH: usize = 512;

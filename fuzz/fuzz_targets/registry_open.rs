@@ -3,7 +3,7 @@
 //! panics; a log it accepted reopens to the same state with nothing more to truncate.
 #![no_main]
 
-use contact_discovery::registry::Registry;
+use contact_discovery::store::registry::Registry;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

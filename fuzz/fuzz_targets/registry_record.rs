@@ -1,7 +1,7 @@
 //! A registry log record: never panics; what decodes re-encodes to the same bytes.
 #![no_main]
 
-use contact_discovery::registry::record::{decode_record, encode_record};
+use contact_discovery::store::registry::record::{decode_record, encode_record};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

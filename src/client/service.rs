@@ -10,9 +10,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use parking_lot::Mutex;
 
-use crate::api::EpochInfo;
-use crate::api::codec::{self, Format};
 use crate::domain::{E164, Fingerprint, Salt};
+use crate::server::api::EpochInfo;
+use crate::server::api::codec::{self, Format};
 
 /// How a client connects.
 #[derive(Debug, Clone)]

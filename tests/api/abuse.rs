@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use contact_discovery::api::codec::{self, Format};
+use contact_discovery::server::api::codec::{self, Format};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -310,7 +310,7 @@ async fn one_admin_request_is_bounded_in_operations_and_in_its_answer() {
     let app = spawn_app_with(|_| {}).await;
     // Nearly 4 MiB of empty strings: 1.4 million entries, refused as a whole without parsing
     // them as numbers (it used to answer a 470 MB list of 5.6 M problems from a 16 MiB body).
-    let entries = (contact_discovery::api::admin::ADMIN_BODY_LIMIT - 64) / 3;
+    let entries = (contact_discovery::server::api::admin::ADMIN_BODY_LIMIT - 64) / 3;
     let body = format!(r#"{{"add":[{}""]}}"#, "\"\",".repeat(entries - 1));
     let (status, answer) = app.change_raw(serde_json::from_str(&body).unwrap()).await;
     assert_eq!(status, 413, "{answer}");

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use contact_discovery::api::codec::{self, Format};
 use contact_discovery::domain::{CredentialKey, UserId};
+use contact_discovery::server::api::codec::{self, Format};
 
 use crate::helpers::{RawResponse, TestApp, assert_error, spawn_app, spawn_app_with};
 

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use contact_discovery::api::codec::Format;
 use contact_discovery::client::{Client, ClientConfig, ClientError};
 use contact_discovery::clock::Clock;
 use contact_discovery::domain::E164;
-use contact_discovery::registry::{Op, generate};
+use contact_discovery::server::api::codec::Format;
+use contact_discovery::store::registry::Op;
+use contact_discovery::tools::generate;
 
 use crate::helpers::{TestApp, start, test_config};
 
@@ -15,7 +16,7 @@ use crate::helpers::{TestApp, start, test_config};
 const FUTURE: u64 = 4_000_000_000 / 86_400 * 86_400;
 
 async fn app_with(
-    adjust: impl FnOnce(&mut contact_discovery::config::Config),
+    adjust: impl FnOnce(&mut contact_discovery::server::config::Config),
 ) -> (TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path().to_path_buf());

@@ -2,8 +2,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use contact_discovery::api::codec::{self, Format};
 use contact_discovery::domain::Fingerprint;
+use contact_discovery::server::api::codec::{self, Format};
 
 use crate::helpers::{T0, fingerprints, registered_indices, spawn_app, spawn_app_with};
 

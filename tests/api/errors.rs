@@ -3,8 +3,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use contact_discovery::api::codec::{self, Format};
 use contact_discovery::domain::Fingerprint;
+use contact_discovery::server::api::codec::{self, Format};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -17,7 +17,7 @@ const REGISTERED: &str = "+4915112345678";
 const UNREGISTERED: &str = "+15550009999";
 
 async fn app_with_one_number(
-    adjust: impl FnOnce(&mut contact_discovery::config::Config),
+    adjust: impl FnOnce(&mut contact_discovery::server::config::Config),
 ) -> TestApp {
     let app = spawn_app_with(adjust).await;
     app.change(&[REGISTERED], &[], &[]).await;
@@ -522,7 +522,7 @@ async fn arbitrary_bodies_never_get_a_500_and_the_service_keeps_answering() {
             let error: serde_json::Value = serde_json::from_slice(bytes).unwrap();
             let code = error["code"].as_str().unwrap();
             assert!(
-                contact_discovery::api::ApiError::CODES.contains(&code),
+                contact_discovery::server::api::ApiError::CODES.contains(&code),
                 "{code}"
             );
             assert_no_echo(bytes, fp);

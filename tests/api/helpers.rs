@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use contact_discovery::api::SharedState;
-use contact_discovery::api::codec::{self, Format};
 use contact_discovery::clock::Clock;
-use contact_discovery::config::Config;
 use contact_discovery::domain::{CredentialKey, E164, Epoch, Fingerprint, Salt, UserId};
-use contact_discovery::startup::{Application, load_keys};
+use contact_discovery::server::api::SharedState;
+use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::server::config::Config;
+use contact_discovery::server::startup::{Application, load_keys};
 use tokio::sync::oneshot;
 
 /// Admin token every test app uses.
@@ -451,7 +451,7 @@ pub fn assert_error(response: &RawResponse, status: u16, code: &str) -> serde_js
     let value: serde_json::Value = serde_json::from_slice(body).expect("a JSON error body");
     assert_eq!(value["code"], code, "body: {text}");
     assert!(
-        contact_discovery::api::ApiError::CODES.contains(&code),
+        contact_discovery::server::api::ApiError::CODES.contains(&code),
         "{code} is not a documented code"
     );
     assert!(value["message"].is_string(), "body: {text}");

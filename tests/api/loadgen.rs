@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use contact_discovery::loadgen::{BatchSizes, Encoding, LoadgenArgs, run};
-use contact_discovery::registry::generate;
+use contact_discovery::tools::generate;
+use contact_discovery::tools::loadgen::{BatchSizes, Encoding, LoadgenArgs, run};
 
 use crate::helpers::spawn_app_with;
 

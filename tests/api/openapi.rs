@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use contact_discovery::api::ApiError;
-use contact_discovery::api::codec::{self, Format};
 use contact_discovery::domain::UserId;
+use contact_discovery::server::api::ApiError;
+use contact_discovery::server::api::codec::{self, Format};
 
 use crate::helpers::{ADMIN_TOKEN, RawResponse, TestApp, fingerprints, raw_http, spawn_app_with};
 
@@ -264,7 +264,7 @@ async fn crafted(app: &TestApp, method: &str, path: &str, code: &str) -> Option<
         ("/admin/v1/registrations", "too_many_operations") => {
             let body = format!(
                 r#"{{"add":[{}"+15550000001"]}}"#,
-                "\"\",".repeat(contact_discovery::api::admin::MAX_OPERATIONS)
+                "\"\",".repeat(contact_discovery::server::api::admin::MAX_OPERATIONS)
             );
             send(app, method, path, &[admin(), json()], body.into_bytes()).await
         }

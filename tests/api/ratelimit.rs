@@ -1,8 +1,8 @@
 //! The per-user fingerprint budget: 429 with Retry-After, per user, spent by lookups and by
 //! refused bodies.
 
-use contact_discovery::api::codec::{self, Format};
 use contact_discovery::domain::Fingerprint;
+use contact_discovery::server::api::codec::{self, Format};
 
 use crate::helpers::{
     RawResponse, TestApp, assert_error, fingerprints, metric_or_zero, registered_indices,

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use contact_discovery::api::codec::Format;
 use contact_discovery::client::{Client, ClientConfig};
 use contact_discovery::clock::Clock;
 use contact_discovery::domain::E164;
-use contact_discovery::registry::{Op, generate};
+use contact_discovery::server::api::codec::Format;
+use contact_discovery::store::registry::Op;
+use contact_discovery::tools::generate;
 
 use crate::helpers::{start, test_config};
 

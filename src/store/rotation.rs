@@ -14,9 +14,9 @@ use parking_lot::RwLock;
 
 use crate::clock::Clock;
 use crate::domain::{Epoch, EpochSchedule, ServerSecret};
-use crate::index::MatchIndex;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::store::index::MatchIndex;
+use crate::store::registry::Registry;
 
 /// A live index and what it was built from.
 #[derive(Clone)]

@@ -6,7 +6,6 @@
 //! a torn or corrupt log tail is detected by its checksum and truncated to the last good record.
 //! When the log grows past a threshold it is folded into a new snapshot (write, fsync, rename).
 
-pub mod generate;
 pub mod record;
 
 use std::collections::BTreeMap;

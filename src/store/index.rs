@@ -381,7 +381,7 @@ impl MatchIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::generate;
+    use crate::tools::generate;
     use proptest::prelude::*;
 
     fn check_against_set(index: &MatchIndex, keys: &[u64], probes: &[u64]) {

@@ -26,11 +26,11 @@ use parking_lot::{Mutex, RwLock};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::api::codec::{self, Format};
-use crate::config::default_credential_key_path;
 use crate::domain::secret::{self, KeyFileError};
 use crate::domain::{CredentialKey, Fingerprint, Salt, UserId};
-use crate::registry::generate;
+use crate::server::api::codec::{self, Format};
+use crate::server::config::default_credential_key_path;
+use crate::tools::generate;
 pub use report::Report;
 
 /// Settings of a load run.
@@ -72,7 +72,7 @@ pub struct LoadgenArgs {
     #[arg(long, default_value_t = 1_000)]
     pub users: usize,
     /// Data directory holding credential.key.
-    #[arg(long, env = "CONTACT_DISCOVERY_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
+    #[arg(long, env = "CONTACT_DISCOVERY_DATA_DIR", default_value = crate::server::config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Credential key file (overrides DATA_DIR/credential.key).
     #[arg(long)]

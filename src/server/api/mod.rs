@@ -21,9 +21,9 @@ pub use error::{ApiError, EpochInfo};
 use crate::clock::Clock;
 use crate::domain::{CredentialKey, ServerSecret};
 use crate::metrics::Metrics;
-use crate::ratelimit::FingerprintLimiter;
-use crate::registry::Registry;
-use crate::rotation::LiveIndexes;
+use crate::server::ratelimit::FingerprintLimiter;
+use crate::store::registry::Registry;
+use crate::store::rotation::LiveIndexes;
 
 /// Everything a handler needs, shared by both listeners.
 pub struct AppState {
@@ -44,7 +44,7 @@ pub struct AppState {
     /// Per-user fingerprint budget of this process (alone, or the fallback of the shared one).
     pub limiter: FingerprintLimiter,
     /// The budget shared by all replicas in Redis, when configured.
-    pub shared_limiter: Option<crate::ratelimit::SharedLimiter>,
+    pub shared_limiter: Option<crate::server::ratelimit::SharedLimiter>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Time.
@@ -66,7 +66,7 @@ pub struct AppState {
     /// BLAKE3 hash of the metrics token (the admin token also reads `/metrics`).
     pub metrics_token_hash: blake3::Hash,
     /// The shared registry stream, when replicas share one (`--registry-redis-url`).
-    pub replica: Option<Arc<crate::replication::Replica>>,
+    pub replica: Option<Arc<crate::store::replication::Replica>>,
 }
 
 /// Shared state as handlers see it.

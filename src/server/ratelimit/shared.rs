@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use super::{FingerprintLimiter, Limited};
 use crate::clock::Clock;
 use crate::domain::{ServerSecret, UserId};
-use crate::redis_link::RedisLink;
+use crate::store::redis_link::RedisLink;
 
 /// Longest wait for Redis before falling back to the local limiter, unless `with_timeout`.
 const TIMEOUT: Duration = Duration::from_millis(100);

@@ -48,9 +48,9 @@ use crate::clock::Clock;
 use crate::domain::ServerSecret;
 use crate::domain::secret::{parse_hex32, to_hex};
 use crate::metrics::Metrics;
-use crate::redis_link::RedisLink;
-use crate::registry::record::{RECORD_HEADER, decode_record, encode_record};
-use crate::registry::{Op, Registry, RegistryError, decode_snapshot, encode_snapshot};
+use crate::store::redis_link::RedisLink;
+use crate::store::registry::record::{RECORD_HEADER, decode_record, encode_record};
+use crate::store::registry::{Op, Registry, RegistryError, decode_snapshot, encode_snapshot};
 
 mod seal;
 
@@ -1076,7 +1076,7 @@ fn read_position(dir: &Path) -> Result<Option<StreamPos>, ReplicationError> {
 
 fn write_position(dir: &Path, pos: StreamPos) -> Result<(), ReplicationError> {
     use std::io::Write;
-    crate::registry::write_atomically(dir, POSITION_FILE, |out| writeln!(out, "{pos}"))?;
+    crate::store::registry::write_atomically(dir, POSITION_FILE, |out| writeln!(out, "{pos}"))?;
     Ok(())
 }
 

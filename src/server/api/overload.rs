@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, SharedState};
 use crate::domain::UserId;
-use crate::keyed_cap::{KeyedCap, KeyedSlot};
+use crate::server::keyed_cap::{KeyedCap, KeyedSlot};
 
 /// Seconds a shed client is told to wait before retrying.
 pub const RETRY_AFTER_SECS: u64 = 1;

@@ -1,13 +1,14 @@
 //! `serve --demo`: a synthetic registry on first start and a request to paste.
 
-use crate::api::codec::{Format, encode_request};
 use crate::client::addressbook::{read_csv, read_vcard};
 use crate::client::normalise::{Normaliser, normalise_book};
 use crate::commands::CommandError;
-use crate::config::Config;
 use crate::domain::{E164, Fingerprint, UserId};
-use crate::registry::{Registry, Visibility, generate};
-use crate::startup::{Application, load_keys};
+use crate::server::api::codec::{Format, encode_request};
+use crate::server::config::Config;
+use crate::server::startup::{Application, load_keys};
+use crate::store::registry::{Registry, Visibility};
+use crate::tools::generate;
 
 /// Numbers the demo registry holds.
 pub const DEMO_REGISTRATIONS: usize = 100_000;
@@ -15,8 +16,8 @@ pub const DEMO_REGISTRATIONS: usize = 100_000;
 pub const DEMO_SEED: u64 = 1;
 
 /// The example address books shipped in `examples/`, built into the binary.
-const EXAMPLE_VCF: &str = include_str!("../examples/contacts.vcf");
-const EXAMPLE_CSV: &str = include_str!("../examples/contacts.csv");
+const EXAMPLE_VCF: &str = include_str!("../../examples/contacts.vcf");
+const EXAMPLE_CSV: &str = include_str!("../../examples/contacts.csv");
 
 /// The numbers of the example address books (read with region DE), each once, in file order.
 pub fn example_numbers() -> Vec<E164> {

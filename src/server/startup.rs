@@ -13,26 +13,26 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::api::body::BodyPace;
-use crate::api::overload::UserInFlight;
-use crate::api::{self, AppState, Listener, SharedState, admin, overload, public};
 use crate::clock::Clock;
-use crate::config::Config;
 use crate::domain::secret::{self, KeyFileError, parse_hex32};
 use crate::domain::{CredentialKey, EpochSchedule, ServerSecret};
 use crate::metrics::Metrics;
-use crate::ratelimit::{FingerprintLimiter, RateLimitConfigError, SharedLimiter};
-use crate::registry::{Registry, RegistryError};
-use crate::replication::{Replica, ReplicationError};
-use crate::rotation::{LiveIndexes, RotationPolicy, Rotator};
-use crate::server::{self, ConnectionLimits, CutCounter};
+use crate::server::api::body::BodyPace;
+use crate::server::api::overload::UserInFlight;
+use crate::server::api::{self, AppState, Listener, SharedState, admin, overload, public};
+use crate::server::config::Config;
+use crate::server::connection::{self, ConnectionLimits, CutCounter};
+use crate::server::ratelimit::{FingerprintLimiter, RateLimitConfigError, SharedLimiter};
+use crate::store::registry::{Registry, RegistryError};
+use crate::store::replication::{Replica, ReplicationError};
+use crate::store::rotation::{LiveIndexes, RotationPolicy, Rotator};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     /// Bad configuration.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::server::config::ConfigError),
     /// Key material could not be loaded or created.
     #[error(transparent)]
     Key(#[from] KeyFileError),
@@ -142,10 +142,10 @@ impl Application {
         let metrics = Arc::new(Metrics::new()?);
         metrics.set_registry_counts(registry.counts());
 
-        let schedule = EpochSchedule::new(
-            NonZeroU64::new(config.epoch_seconds)
-                .ok_or_else(|| crate::config::ConfigError::Invalid("epoch_seconds".into()))?,
-        );
+        let schedule =
+            EpochSchedule::new(NonZeroU64::new(config.epoch_seconds).ok_or_else(|| {
+                crate::server::config::ConfigError::Invalid("epoch_seconds".into())
+            })?);
         let indexes = Arc::new(LiveIndexes::new(RotationPolicy::new(
             schedule,
             config.epoch_grace_seconds,
@@ -222,7 +222,7 @@ impl Application {
             max_age: Duration::from_secs(config.max_connection_age_seconds),
             max_requests: config.max_requests_per_connection,
             max_connections: u32::try_from(config.max_connections).map_err(|_| {
-                crate::config::ConfigError::Invalid("max_connections is too large".into())
+                crate::server::config::ConfigError::Invalid("max_connections is too large".into())
             })?,
             max_connections_per_address: config.max_connections_per_address,
         };
@@ -304,14 +304,14 @@ impl Application {
         });
 
         let cuts = self.state.metrics.connections_cut.clone();
-        let public = server::serve(
+        let public = connection::serve(
             self.public,
             public_router(Arc::clone(&self.state)),
             self.limits,
             CutCounter::new(cuts.clone(), "public"),
             stop_rx.clone(),
         );
-        let admin = server::serve(
+        let admin = connection::serve(
             self.admin,
             admin_router(Arc::clone(&self.state)),
             self.limits,

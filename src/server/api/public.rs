@@ -15,8 +15,8 @@ use super::body::{declared_length, media_type, read_limited};
 use super::codec::{self, DiscoverRequest, Format};
 use super::{ApiError, EpochInfo, SharedState};
 use crate::domain::{CredentialError, Epoch, FINGERPRINT_BYTES, UserId};
-use crate::ratelimit::Limited;
-use crate::rotation::EpochRefusal;
+use crate::server::ratelimit::Limited;
+use crate::store::rotation::EpochRefusal;
 
 /// The user every request is attributed to when auth is switched off.
 const ANONYMOUS: &str = "insecure-anonymous";

@@ -15,7 +15,7 @@ use std::task::{Context, Poll, ready};
 use axum::http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::api::ApiError;
+use crate::server::api::ApiError;
 
 /// A socket whose hyper-generated parse-error answers are replaced with JSON errors.
 pub struct ErrorReplies<S> {

@@ -20,7 +20,7 @@ use super::body::{media_type, read_limited};
 use super::error::{InvalidNumber, Problems};
 use super::{ApiError, SharedState};
 use crate::domain::E164;
-use crate::registry::Op;
+use crate::store::registry::Op;
 
 /// Most operations (numbers across `add`, `remove` and `hide`) in one admin request; more is
 /// `413 too_many_operations`. Bulk loads use `registry import`.
@@ -28,7 +28,8 @@ pub const MAX_OPERATIONS: usize = 100_000;
 
 // A request the admin API accepts always fits one record of the shared registry stream.
 const _: () = assert!(
-    MAX_OPERATIONS * crate::registry::record::OP_BYTES <= crate::replication::MAX_STREAM_RECORD
+    MAX_OPERATIONS * crate::store::registry::record::OP_BYTES
+        <= crate::store::replication::MAX_STREAM_RECORD
 );
 
 /// Largest admin request body: room for [`MAX_OPERATIONS`] numbers of 15 digits with quotes,
@@ -229,7 +230,7 @@ const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// here; 202 if durable in the stream but not yet applied here within `APPLY_WAIT`.
 async fn replicated_change(
     state: &SharedState,
-    replica: &crate::replication::Replica,
+    replica: &crate::store::replication::Replica,
     ops: &[Op],
 ) -> Result<Response, ApiError> {
     let started = Instant::now();

@@ -1,0 +1,9 @@
+//! What the service keeps: the durable registry of registered numbers, the per-epoch match
+//! indexes built from it and the task that rotates them, and the registry shared by replicas
+//! through Redis.
+
+pub mod index;
+pub mod redis_link;
+pub mod registry;
+pub mod replication;
+pub mod rotation;
