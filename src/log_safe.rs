@@ -20,23 +20,11 @@ macro_rules! log_safe {
 log_safe!(
     u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64, bool
 );
-log_safe!(
-    std::net::SocketAddr,
-    std::net::IpAddr,
-    axum::http::StatusCode
-);
+log_safe!(std::net::SocketAddr, std::net::IpAddr);
 
 impl LogSafe for &'static str {}
 impl LogSafe for std::io::Error {}
 impl LogSafe for tokio::task::JoinError {}
-// hyper's connection errors describe the transport (timeouts, resets), never payloads.
-impl LogSafe for hyper::Error {}
-// The crate's own errors that reach logs: their messages name files and settings, never numbers.
-impl LogSafe for crate::store::registry::RegistryError {}
-impl LogSafe for crate::store::registry::record::RecordError {}
-impl LogSafe for crate::store::replication::ReplicationError {}
-impl LogSafe for crate::store::replication::StreamPos {}
-impl LogSafe for crate::domain::secret::KeyFileError {}
 impl<T: LogSafe + ?Sized> LogSafe for &T {}
 
 /// A path the operator configured (data directory, key file): shown, never read from requests.

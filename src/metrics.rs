@@ -115,12 +115,38 @@ impl ReplicationMetrics {
                 )?;
                 registry.register(Box::new(c.clone()))?;
                 // Exported at 0 from the start, so an alert on any increase works at once.
-                for reason in crate::store::replication::Refusal::ALL {
+                for reason in Refusal::ALL {
                     c.with_label_values(&[reason.label()]);
                 }
                 c
             },
         })
+    }
+}
+
+/// Why a value read from Redis was refused (`replication.rs`): the label of
+/// `contact_discovery_replication_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not in the current sealed format (an old `ops` record, a description without a MAC).
+    Format,
+    /// Its MAC or AEAD tag does not verify.
+    Mac,
+    /// A length beyond its bound, or lengths that disagree.
+    Bounds,
+}
+
+impl Refusal {
+    /// Every label, for the metric.
+    pub const ALL: [Refusal; 3] = [Refusal::Format, Refusal::Mac, Refusal::Bounds];
+
+    /// The metric label and logged reason.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Format => "format",
+            Refusal::Mac => "mac",
+            Refusal::Bounds => "bounds",
+        }
     }
 }
 
@@ -244,13 +270,13 @@ impl Metrics {
     }
 
     /// Sets the registry size gauges.
-    pub fn set_registry_counts(&self, counts: crate::store::registry::Counts) {
+    pub fn set_registry_counts(&self, discoverable: u64, hidden: u64) {
         self.registry_size
             .with_label_values(&["discoverable"])
-            .set(counts.discoverable as i64);
+            .set(discoverable as i64);
         self.registry_size
             .with_label_values(&["hidden"])
-            .set(counts.hidden as i64);
+            .set(hidden as i64);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -73,6 +73,9 @@ pub enum KeyFileError {
     },
 }
 
+// Its messages name the file and the problem, never the key.
+impl crate::log_safe::LogSafe for KeyFileError {}
+
 /// Shortest token accepted (admin token), from any source.
 pub const MIN_TOKEN_LEN: usize = 16;
 

@@ -140,7 +140,7 @@ impl Application {
         );
         let registry = Arc::new(registry);
         let metrics = Arc::new(Metrics::new()?);
-        metrics.set_registry_counts(registry.counts());
+        registry.counts().export_to(&metrics);
 
         let schedule =
             EpochSchedule::new(NonZeroU64::new(config.epoch_seconds).ok_or_else(|| {

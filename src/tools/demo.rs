@@ -2,12 +2,11 @@
 
 use crate::client::addressbook::{read_csv, read_vcard};
 use crate::client::normalise::{Normaliser, normalise_book};
-use crate::commands::CommandError;
 use crate::domain::{E164, Fingerprint, UserId};
 use crate::server::api::codec::{Format, encode_request};
 use crate::server::config::Config;
 use crate::server::startup::{Application, load_keys};
-use crate::store::registry::{Registry, Visibility};
+use crate::store::registry::{Registry, RegistryError, Visibility};
 use crate::tools::generate;
 
 /// Numbers the demo registry holds.
@@ -36,7 +35,7 @@ pub fn registered_example_numbers() -> Vec<E164> {
 
 /// Seeds the registry with synthetic numbers, plus every other number of the example address
 /// books, if it is empty.
-pub fn seed_if_empty(config: &Config) -> Result<(), CommandError> {
+pub fn seed_if_empty(config: &Config) -> Result<(), RegistryError> {
     let (registry, _) = Registry::open(&config.data_dir)?;
     let counts = registry.counts();
     if counts.discoverable + counts.hidden > 0 {

@@ -218,7 +218,7 @@ pub async fn change_registrations(
         .metrics
         .registry_write_seconds
         .observe(started.elapsed().as_secs_f64());
-    state.metrics.set_registry_counts(state.registry.counts());
+    state.registry.counts().export_to(&state.metrics);
     Ok(Json(json!({ "applied": applied, "version": version })).into_response())
 }
 
@@ -299,7 +299,7 @@ pub async fn stats(State(state): State<SharedState>) -> Json<serde_json::Value> 
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<SharedState>) -> Response {
-    state.metrics.set_registry_counts(state.registry.counts());
+    state.registry.counts().export_to(&state.metrics);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -18,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 
 pub use error::{ApiError, EpochInfo};
 
+impl crate::log_safe::LogSafe for axum::http::StatusCode {}
+
 use crate::clock::Clock;
 use crate::domain::{CredentialKey, ServerSecret};
 use crate::metrics::Metrics;

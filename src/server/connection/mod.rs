@@ -23,6 +23,9 @@
 
 mod error_reply;
 
+// hyper's connection errors describe the transport (timeouts, resets), never payloads.
+impl crate::log_safe::LogSafe for hyper::Error {}
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;

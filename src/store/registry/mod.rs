@@ -8,6 +8,10 @@
 
 pub mod record;
 
+// Errors that reach logs: their messages name files and settings, never numbers.
+impl crate::log_safe::LogSafe for RegistryError {}
+impl crate::log_safe::LogSafe for record::RecordError {}
+
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -93,6 +97,13 @@ pub struct Counts {
     pub discoverable: u64,
     /// Registered and hidden.
     pub hidden: u64,
+}
+
+impl Counts {
+    /// Sets the `registry_size` gauges.
+    pub fn export_to(self, metrics: &crate::metrics::Metrics) {
+        metrics.set_registry_counts(self.discoverable, self.hidden);
+    }
 }
 
 struct LogWriter {

@@ -54,6 +54,10 @@ use crate::store::registry::{Op, Registry, RegistryError, decode_snapshot, encod
 
 mod seal;
 
+// Errors and positions reach logs: their messages name keys and settings, never numbers.
+impl crate::log_safe::LogSafe for ReplicationError {}
+impl crate::log_safe::LogSafe for StreamPos {}
+
 use seal::{OpenError, SEAL_OVERHEAD, Sealer, binding};
 
 /// The change stream.
@@ -175,30 +179,8 @@ return redis.call('GET', KEYS[1])
 "#;
 
 /// Why a value read from Redis was refused: the label of
-/// `contact_discovery_replication_rejected_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Not in the current sealed format (an old `ops` record, a description without a MAC).
-    Format,
-    /// Its MAC or AEAD tag does not verify.
-    Mac,
-    /// A length beyond its bound, or lengths that disagree.
-    Bounds,
-}
-
-impl Refusal {
-    /// Every label, for the metric.
-    pub const ALL: [Refusal; 3] = [Refusal::Format, Refusal::Mac, Refusal::Bounds];
-
-    /// The metric label and logged reason.
-    pub fn label(self) -> &'static str {
-        match self {
-            Refusal::Format => "format",
-            Refusal::Mac => "mac",
-            Refusal::Bounds => "bounds",
-        }
-    }
-}
+/// `contact_discovery_replication_rejected_total`, defined with the metric.
+pub use crate::metrics::Refusal;
 
 impl From<OpenError> for Refusal {
     fn from(err: OpenError) -> Self {
@@ -584,7 +566,7 @@ impl Replica {
                 tokio::task::spawn_blocking(move || registry.apply(&ops))
                     .await
                     .map_err(|_| ReplicationError::Task)??;
-                self.metrics.set_registry_counts(self.registry.counts());
+                self.registry.counts().export_to(&self.metrics);
             }
             self.metrics
                 .replication
@@ -747,7 +729,7 @@ impl Replica {
         })
         .await
         .map_err(|_| ReplicationError::Task)??;
-        self.metrics.set_registry_counts(self.registry.counts());
+        self.registry.counts().export_to(&self.metrics);
         self.metrics.replication.snapshots_loaded.inc();
         crate::safe_info!(
             "shared registry snapshot loaded",
