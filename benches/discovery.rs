@@ -203,10 +203,15 @@ fn whole_request(c: &mut Criterion) {
         .expect("app");
     runtime.block_on(app.warm_up());
     let state = app.state();
-    let router = public_router(state.clone());
+    let router = public_router(&state);
     let keys = load_keys(&config).expect("keys");
-    let epoch = state.indexes.policy().schedule.epoch_at(clock.now_secs());
-    let salt = state.secret.salt(epoch);
+    let epoch = state
+        .public
+        .indexes
+        .policy()
+        .schedule
+        .epoch_at(clock.now_secs());
+    let salt = state.public.secret.salt(epoch);
     let token = keys.credential_key.mint(
         &UserId::parse("bench").expect("user"),
         clock.now_secs() + 86_400,

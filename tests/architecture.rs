@@ -193,3 +193,39 @@ fn the_checker_sees_grouped_and_nested_imports() {
     let found: Vec<String> = imports(text, 2).into_iter().map(|p| p.join("::")).collect();
     assert_eq!(found, ["domain", "server::api", "store::registry"]);
 }
+
+/// The public listener's handlers, middleware and extractor, and its state: none of them can
+/// name what writes the registry or checks admin tokens (`PublicState` does not hold them, and
+/// the public router is built with `PublicState` only).
+#[test]
+fn no_public_handler_sees_admin_state() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/server/api");
+    let admin_only = [
+        "AdminState",
+        "RegistryWriter",
+        "admin_token",
+        "metrics_token",
+        "store::registry",
+        "store::writer",
+        "Registry",
+    ];
+    let mut offences = Vec::new();
+    for file in ["public.rs", "caller.rs", "overload.rs"] {
+        let text = std::fs::read_to_string(root.join(file)).expect("a public API source");
+        for name in admin_only {
+            if text.contains(name) {
+                offences.push(format!("server/api/{file} names {name}"));
+            }
+        }
+    }
+    // The public state's own fields.
+    let state = std::fs::read_to_string(root.join("state.rs")).expect("state.rs");
+    let public = &state[state.find("pub struct Public {").expect("struct Public")..];
+    let public = &public[..public.find("\n}").expect("end of struct Public")];
+    for name in admin_only {
+        if public.contains(name) {
+            offences.push(format!("struct Public holds {name}"));
+        }
+    }
+    assert!(offences.is_empty(), "{offences:#?}");
+}

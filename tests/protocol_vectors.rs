@@ -127,7 +127,7 @@ async fn the_server_answers_the_published_request() {
         .into_iter()
         .map(contact_discovery::store::registry::Op::Add)
         .collect();
-    app.state().registry.apply(&ops).unwrap();
+    app.state().admin.registry.apply(&ops).unwrap();
     app.warm_up().await;
     let (public, keys) = (app.public_addr(), load_keys(&config).unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::FromRef;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
@@ -19,13 +20,19 @@ use crate::domain::{CredentialKey, EpochSchedule, ServerSecret};
 use crate::metrics::Metrics;
 use crate::server::api::body::BodyPace;
 use crate::server::api::overload::UserInFlight;
-use crate::server::api::{self, AppState, Listener, SharedState, admin, overload, public};
+use crate::server::api::state::{Admin, Public};
+use crate::server::api::{
+    self, AdminState, AppState, Authenticator, Listener, Observe, PublicState, Readiness,
+    SharedState, admin, overload, public,
+};
 use crate::server::config::Config;
 use crate::server::connection::{self, ConnectionLimits, CutCounter};
-use crate::server::ratelimit::{FingerprintLimiter, RateLimitConfigError, SharedLimiter};
+use crate::server::ratelimit::{FingerprintLimiter, Limiter, RateLimitConfigError, SharedLimiter};
+use crate::store::index::MatchIndex;
 use crate::store::registry::{Registry, RegistryError};
 use crate::store::replication::{Replica, ReplicationError};
 use crate::store::rotation::{LiveIndexes, RotationPolicy, Rotator};
+use crate::store::writer::RegistryWriter;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +124,9 @@ pub struct Application {
     public_addr: SocketAddr,
     admin_addr: SocketAddr,
     state: SharedState,
-    rotator: Rotator,
+    rotator: Rotator<MatchIndex>,
+    /// The shared registry's follower, run with the service.
+    replica: Option<Arc<Replica>>,
     limits: ConnectionLimits,
 }
 
@@ -172,50 +181,86 @@ impl Application {
                 None
             }
         };
-        let shared_limiter = match &config.rate_limit_redis_url {
-            Some(url) => Some(
-                SharedLimiter::new(
-                    url,
-                    &keys.secret,
-                    config.rate_limit_burst,
-                    config.rate_limit_refill_per_day,
-                    metrics.rate_limit_fallbacks.clone(),
-                )
-                .map_err(StartupError::SharedRateLimit)?,
+        let local_limiter =
+            FingerprintLimiter::new(config.rate_limit_burst, config.rate_limit_refill_per_day)?;
+        let limiter = Arc::new(match &config.rate_limit_redis_url {
+            Some(url) => Limiter::Shared {
+                shared: Box::new(
+                    SharedLimiter::new(
+                        url,
+                        &keys.secret,
+                        config.rate_limit_burst,
+                        config.rate_limit_refill_per_day,
+                        metrics.rate_limit_fallbacks.clone(),
+                    )
+                    .map_err(StartupError::SharedRateLimit)?,
+                ),
+                fallback: local_limiter,
+            },
+            None => Limiter::Local(local_limiter),
+        });
+        let writer = match &replica {
+            Some(replica) => RegistryWriter::replicated(
+                Arc::clone(&registry),
+                Arc::clone(replica),
+                Arc::clone(&metrics),
             ),
-            None => None,
+            None => RegistryWriter::local(Arc::clone(&registry), Arc::clone(&metrics)),
         };
-        let state = Arc::new(AppState {
+        let authenticator = if config.insecure_no_auth {
+            Authenticator::InsecureNoAuth
+        } else {
+            Authenticator::Credentials {
+                key: keys.credential_key.clone(),
+                previous: keys.previous_credential_key.clone(),
+                max_ttl_secs: config.max_credential_ttl_seconds,
+            }
+        };
+        let observe = Observe {
+            metrics: Arc::clone(&metrics),
+            log_client_ip: config.log_client_ip,
+        };
+        let readiness = Readiness::new(
+            Arc::clone(&registry),
+            replica.clone(),
+            Arc::clone(&indexes),
+            clock.clone(),
+            config.ready_min_registrations,
+        );
+        let body_pace = BodyPace {
+            timeout: Duration::from_millis(config.body_read_timeout_ms),
+            min_bytes_per_sec: config.min_body_bytes_per_second,
+        };
+        let public = PublicState::new(Public {
             indexes: Arc::clone(&indexes),
-            registry: Arc::clone(&registry),
             secret: keys.secret.clone(),
-            credential_key: (!config.insecure_no_auth).then(|| keys.credential_key.clone()),
-            previous_credential_key: keys
-                .previous_credential_key
-                .clone()
-                .filter(|_| !config.insecure_no_auth),
-            max_credential_ttl: config.max_credential_ttl_seconds,
-            admin_token_hash: admin::hash_token(&keys.admin_token),
-            limiter: FingerprintLimiter::new(
-                config.rate_limit_burst,
-                config.rate_limit_refill_per_day,
-            )?,
+            authenticator,
+            user_in_flight: UserInFlight::new(config.max_in_flight_per_user),
+            limiter: Arc::clone(&limiter),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+            body_pace,
+            max_batch: config.max_batch,
             metrics: Arc::clone(&metrics),
             clock: clock.clone(),
-            max_batch: config.max_batch,
-            started: Instant::now(),
-            log_client_ip: config.log_client_ip,
-            ready_min_registrations: config.ready_min_registrations,
-            body_pace: BodyPace {
-                timeout: Duration::from_millis(config.body_read_timeout_ms),
-                min_bytes_per_sec: config.min_body_bytes_per_second,
-            },
-            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
-            user_in_flight: UserInFlight::new(config.max_in_flight_per_user),
-            metrics_token_hash: admin::hash_token(&keys.metrics_token),
-            replica,
-            shared_limiter,
+            observe: observe.clone(),
+            readiness: readiness.clone(),
         });
+        let admin = AdminState::new(Admin {
+            writer,
+            registry: Arc::clone(&registry),
+            replica: replica.clone(),
+            indexes: Arc::clone(&indexes),
+            limiter,
+            admin_token_hash: admin::hash_token(&keys.admin_token),
+            metrics_token_hash: admin::hash_token(&keys.metrics_token),
+            body_pace,
+            metrics: Arc::clone(&metrics),
+            clock: clock.clone(),
+            started: Instant::now(),
+            observe,
+            readiness,
+        });
+        let state = Arc::new(AppState { public, admin });
         let limits = ConnectionLimits {
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             write_timeout: Duration::from_millis(config.write_timeout_ms),
@@ -256,6 +301,7 @@ impl Application {
             admin_addr,
             state,
             rotator,
+            replica,
             limits,
         })
     }
@@ -293,27 +339,27 @@ impl Application {
             let _ = stop_tx.send(true);
         });
         let rotation = tokio::spawn(self.rotator.run());
-        let follower = self.state.replica.clone().map(|r| tokio::spawn(r.run()));
-        let limiter_state = Arc::clone(&self.state);
+        let follower = self.replica.clone().map(|r| tokio::spawn(r.run()));
+        let limiter = Arc::clone(&self.state.public.limiter);
         let gc = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
-                limiter_state.limiter.forget_idle();
+                limiter.forget_idle();
             }
         });
 
-        let cuts = self.state.metrics.connections_cut.clone();
+        let cuts = self.state.public.metrics.connections_cut.clone();
         let public = connection::serve(
             self.public,
-            public_router(Arc::clone(&self.state)),
+            public_router(&self.state),
             self.limits,
             CutCounter::new(cuts.clone(), "public"),
             stop_rx.clone(),
         );
         let admin = connection::serve(
             self.admin,
-            admin_router(Arc::clone(&self.state)),
+            admin_router(&self.state),
             self.limits,
             CutCounter::new(cuts, "admin"),
             stop_rx,
@@ -324,7 +370,7 @@ impl Application {
             follower.abort();
         }
         gc.abort();
-        if let Err(err) = self.state.registry.flush() {
+        if let Err(err) = self.state.admin.registry.flush() {
             crate::safe_error!("registry flush at shutdown failed", error = err);
         }
         crate::safe_info!("stopped");
@@ -332,28 +378,31 @@ impl Application {
     }
 }
 
-/// The public routes: epoch, discover, health. Nothing administrative is ever mounted here.
-/// Epoch and discovery requests beyond the in-flight cap are shed with 503; health checks are
-/// not, so an overloaded replica is not mistaken for a dead one.
-pub fn public_router(state: SharedState) -> Router {
+/// The public routes: epoch, discover, health. Nothing administrative is ever mounted here, and
+/// the router holds only the public listener's state. Epoch and discovery requests beyond the
+/// in-flight cap are shed with 503; health checks are not, so an overloaded replica is not
+/// mistaken for a dead one.
+pub fn public_router(state: &AppState) -> Router {
+    let state = state.public.clone();
     let shed = Router::new()
         .route("/v1/epoch", get(public::get_epoch))
         .route("/v1/discover", post(public::discover))
-        .route_layer(from_fn_with_state(Arc::clone(&state), overload::shed_load));
+        .route_layer(from_fn_with_state(state.clone(), overload::shed_load));
     with_common_routes(shed, state, "public")
 }
 
 /// The admin routes: registrations and stats behind the admin token; metrics behind the
 /// metrics token (or the admin token).
-pub fn admin_router(state: SharedState) -> Router {
+pub fn admin_router(state: &AppState) -> Router {
+    let state = state.admin.clone();
     let protected = Router::new()
         .route("/admin/v1/registrations", post(admin::change_registrations))
         .route("/admin/v1/stats", get(admin::stats))
-        .route_layer(from_fn_with_state(Arc::clone(&state), admin::require_token));
+        .route_layer(from_fn_with_state(state.clone(), admin::require_token));
     let metrics = Router::new()
         .route("/metrics", get(admin::metrics))
         .route_layer(from_fn_with_state(
-            Arc::clone(&state),
+            state.clone(),
             admin::require_metrics_token,
         ));
     let routes = protected.merge(metrics);
@@ -362,11 +411,12 @@ pub fn admin_router(state: SharedState) -> Router {
 
 /// What both listeners have: health routes, JSON 404/405, panics caught into a fixed 500, and
 /// the metrics and access-log middleware outermost (so it sees every answer, panics included).
-fn with_common_routes(
-    routes: Router<SharedState>,
-    state: SharedState,
-    listener: &'static str,
-) -> Router {
+fn with_common_routes<S>(routes: Router<S>, state: S, listener: &'static str) -> Router
+where
+    S: Clone + Send + Sync + 'static,
+    Observe: FromRef<S>,
+    Readiness: FromRef<S>,
+{
     routes
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
@@ -374,7 +424,7 @@ fn with_common_routes(
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(CatchPanicLayer::custom(api::panic_response))
         .layer(from_fn_with_state(
-            (Arc::clone(&state), Listener(listener)),
+            (Observe::from_ref(&state), Listener(listener)),
             api::observe,
         ))
         .with_state(state)

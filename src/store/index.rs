@@ -238,6 +238,26 @@ pub struct MatchIndex {
     len: usize,
 }
 
+/// The hashed mode's per-epoch artefact: fingerprints of every discoverable number under the
+/// epoch's salt.
+impl crate::store::rotation::EpochArtefact for MatchIndex {
+    fn build(
+        secret: &crate::domain::ServerSecret,
+        epoch: Epoch,
+        numbers: &crate::store::registry::DiscoverableNumbers,
+    ) -> Self {
+        Self::build_from_digits(epoch, &secret.salt(epoch), numbers.as_digits())
+    }
+
+    fn entries(&self) -> usize {
+        self.len()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        MatchIndex::heap_bytes(self)
+    }
+}
+
 impl MatchIndex {
     /// Builds the index of `numbers` under `salt`, in parallel across cores.
     pub fn build(epoch: Epoch, salt: &Salt, numbers: &[E164]) -> Self {

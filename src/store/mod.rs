@@ -7,3 +7,4 @@ pub mod redis_link;
 pub mod registry;
 pub mod replication;
 pub mod rotation;
+pub mod writer;

@@ -1,10 +1,15 @@
-//! Epoch rotation: which match indexes are live, and the task that builds and retires them.
+//! Epoch rotation: which per-epoch artefacts are live, and the task that builds and retires them.
 //!
-//! At any moment the live set holds the current epoch's index, the previous epoch's during the
+//! What a protocol mode builds per epoch is behind [`EpochArtefact`]: the hashed mode's
+//! `MatchIndex` (`store/index.rs`) implements it, and a second mode (the private mode's set)
+//! implements it for its own structure and runs its own [`Rotator`] over the same registry;
+//! nothing here knows which mode it serves.
+//!
+//! At any moment the live set holds the current epoch's artefact, the previous epoch's during the
 //! grace period after a rotation, and the next epoch's once it has been built ahead of time (a
-//! lead before the epoch starts). Requests pick an index by the epoch they name; anything else is
-//! refused with the current epoch so the client can retry at once. Indexes are rebuilt whole when
-//! the registry changes and swapped in atomically.
+//! lead before the epoch starts). Requests pick an artefact by the epoch they name; anything else
+//! is refused with the current epoch so the client can retry at once. Artefacts are rebuilt whole
+//! when the registry changes and swapped in atomically.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,18 +20,39 @@ use parking_lot::RwLock;
 use crate::clock::Clock;
 use crate::domain::{Epoch, EpochSchedule, ServerSecret};
 use crate::metrics::Metrics;
-use crate::store::index::MatchIndex;
-use crate::store::registry::Registry;
+use crate::store::registry::{DiscoverableNumbers, Registry};
 
-/// A live index and what it was built from.
-#[derive(Clone)]
-pub struct LiveIndex {
-    /// The index.
-    pub index: Arc<MatchIndex>,
-    /// Registry version it reflects.
-    pub registry_version: u64,
+/// What a protocol mode builds for one epoch from the registry's discoverable numbers, and the
+/// rotation task keeps live: immutable once built, swapped whole.
+pub trait EpochArtefact: Send + Sync + Sized + 'static {
+    /// Builds the artefact for `epoch`; its keys come from `secret` (replicas sharing the secret
+    /// build the same artefact without talking). Runs on a blocking thread.
+    fn build(secret: &ServerSecret, epoch: Epoch, numbers: &DiscoverableNumbers) -> Self;
+    /// Entries it holds (for stats and the `index_entries` gauge).
+    fn entries(&self) -> usize;
+    /// Heap bytes it holds (for stats).
+    fn heap_bytes(&self) -> usize;
+}
+
+/// A live artefact and what it was built from.
+pub struct LiveIndex<A> {
+    /// The artefact.
+    pub index: Arc<A>,
+    /// The registry's [`local_sequence`](Registry::version) it reflects.
+    pub registry_sequence: u64,
     /// Seconds the build took.
     pub build_seconds: f64,
+}
+
+// Derived `Clone` would ask `A: Clone`; only the `Arc` is cloned.
+impl<A> Clone for LiveIndex<A> {
+    fn clone(&self) -> Self {
+        Self {
+            index: Arc::clone(&self.index),
+            registry_sequence: self.registry_sequence,
+            build_seconds: self.build_seconds,
+        }
+    }
 }
 
 /// Why a request's epoch cannot be served.
@@ -93,13 +119,14 @@ impl RotationPolicy {
     }
 }
 
-/// The live indexes, shared by request handlers (readers) and the rotation task (writer).
-pub struct LiveIndexes {
+/// The live artefacts of one mode, shared by request handlers (readers) and the rotation task
+/// (writer).
+pub struct LiveIndexes<A> {
     policy: RotationPolicy,
-    live: RwLock<BTreeMap<Epoch, LiveIndex>>,
+    live: RwLock<BTreeMap<Epoch, LiveIndex<A>>>,
 }
 
-impl LiveIndexes {
+impl<A> LiveIndexes<A> {
     /// An empty set: not ready until the rotation task builds the current index.
     pub fn new(policy: RotationPolicy) -> Self {
         Self {
@@ -114,7 +141,7 @@ impl LiveIndexes {
     }
 
     /// The index that answers a request naming `requested` at time `now`.
-    pub fn for_request(&self, requested: u64, now: u64) -> Result<Arc<MatchIndex>, EpochRefusal> {
+    pub fn for_request(&self, requested: u64, now: u64) -> Result<Arc<A>, EpochRefusal> {
         let current = self.policy.schedule.epoch_at(now);
         let live = self.live.read();
         let pick = |e: Epoch| live.get(&e).map(|l| Arc::clone(&l.index));
@@ -150,7 +177,7 @@ impl LiveIndexes {
     }
 
     /// A copy of the live set, for stats.
-    pub fn snapshot(&self) -> Vec<(Epoch, LiveIndex)> {
+    pub fn snapshot(&self) -> Vec<(Epoch, LiveIndex<A>)> {
         self.live
             .read()
             .iter()
@@ -158,7 +185,7 @@ impl LiveIndexes {
             .collect()
     }
 
-    fn install(&self, epoch: Epoch, built: LiveIndex) {
+    fn install(&self, epoch: Epoch, built: LiveIndex<A>) {
         self.live.write().insert(epoch, built);
     }
 
@@ -166,20 +193,21 @@ impl LiveIndexes {
         self.live.write().retain(|e, _| wanted.contains(e));
     }
 
-    fn stale(&self, wanted: &[Epoch], version: u64) -> Vec<Epoch> {
+    fn stale(&self, wanted: &[Epoch], sequence: u64) -> Vec<Epoch> {
         let live = self.live.read();
         wanted
             .iter()
             .copied()
-            .filter(|e| live.get(e).is_none_or(|l| l.registry_version < version))
+            .filter(|e| live.get(e).is_none_or(|l| l.registry_sequence < sequence))
             .collect()
     }
 }
 
-/// The background task that keeps [`LiveIndexes`] in step with the clock and the registry.
-pub struct Rotator {
-    /// Where indexes are installed.
-    pub indexes: Arc<LiveIndexes>,
+/// The background task that keeps one mode's [`LiveIndexes`] in step with the clock and the
+/// registry.
+pub struct Rotator<A> {
+    /// Where artefacts are installed.
+    pub indexes: Arc<LiveIndexes<A>>,
     /// Source of registered numbers.
     pub registry: Arc<Registry>,
     /// Source of salts.
@@ -190,7 +218,7 @@ pub struct Rotator {
     pub metrics: Arc<Metrics>,
 }
 
-impl Rotator {
+impl<A: EpochArtefact> Rotator<A> {
     /// Runs until the task is dropped: builds what is missing or stale, retires what is past.
     pub async fn run(self) {
         let changed = self.registry.changed();
@@ -221,8 +249,8 @@ impl Rotator {
         let now = self.clock.now_secs();
         let policy = self.indexes.policy;
         let wanted = policy.wanted(now);
-        let version = self.registry.version();
-        let mut stale = self.indexes.stale(&wanted, version);
+        let sequence = self.registry.version();
+        let mut stale = self.indexes.stale(&wanted, sequence);
         if current_only {
             stale.retain(|e| *e == policy.schedule.epoch_at(now));
         }
@@ -234,7 +262,7 @@ impl Rotator {
             let registry = Arc::clone(&self.registry);
             let numbers =
                 tokio::task::spawn_blocking(move || registry.discoverable_numbers()).await;
-            let (numbers, version) = match numbers {
+            let (numbers, sequence) = match numbers {
                 Ok(got) => got,
                 Err(err) => {
                     crate::safe_error!("match index build failed", error = err);
@@ -245,14 +273,10 @@ impl Rotator {
                 let (numbers, secret) = (numbers.clone(), self.secret.clone());
                 let built = tokio::task::spawn_blocking(move || {
                     let started = Instant::now();
-                    let index = MatchIndex::build_from_digits(
-                        epoch,
-                        &secret.salt(epoch),
-                        numbers.as_digits(),
-                    );
+                    let index = A::build(&secret, epoch, &numbers);
                     LiveIndex {
                         index: Arc::new(index),
-                        registry_version: version,
+                        registry_sequence: sequence,
                         build_seconds: started.elapsed().as_secs_f64(),
                     }
                 })
@@ -263,8 +287,8 @@ impl Rotator {
                         crate::safe_info!(
                             "match index built",
                             epoch = epoch.0,
-                            entries = live.index.len(),
-                            registry_version = live.registry_version,
+                            entries = live.index.entries(),
+                            registry_sequence = live.registry_sequence,
                             seconds = live.build_seconds,
                         );
                         self.indexes.install(epoch, live);
@@ -292,7 +316,7 @@ impl Rotator {
             snapshot
                 .iter()
                 .find(|(e, _)| *e == current)
-                .map_or(0, |(_, l)| l.index.len() as i64),
+                .map_or(0, |(_, l)| l.index.entries() as i64),
         );
         self.metrics.live_indexes.set(snapshot.len() as i64);
     }
@@ -301,6 +325,7 @@ impl Rotator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::index::MatchIndex;
     use std::num::NonZeroU64;
 
     fn policy(len: u64, grace: u64) -> RotationPolicy {
@@ -338,7 +363,7 @@ mod tests {
                 Epoch(e),
                 LiveIndex {
                     index: Arc::new(MatchIndex::build(Epoch(e), &salt, &[])),
-                    registry_version: 1,
+                    registry_sequence: 1,
                     build_seconds: 0.0,
                 },
             );

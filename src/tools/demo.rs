@@ -54,10 +54,10 @@ pub fn seed_if_empty(config: &Config) -> Result<(), RegistryError> {
 /// Prints a credential and a `curl` request mixing registered and unregistered numbers.
 pub fn print_instructions(config: &Config, app: &Application) {
     let state = app.state();
-    let now = state.clock.now_secs();
-    let epoch = state.indexes.policy().schedule.epoch_at(now);
-    let salt = state.secret.salt(epoch);
-    let (registered, _) = state.registry.discoverable();
+    let now = state.public.clock.now_secs();
+    let epoch = state.public.indexes.policy().schedule.epoch_at(now);
+    let salt = state.public.secret.salt(epoch);
+    let (registered, _) = state.admin.registry.discoverable();
     let mut numbers: Vec<E164> = registered.into_iter().take(3).collect();
     // Two numbers from the reserved fictional ranges, never registered by the demo.
     numbers.extend(

@@ -232,12 +232,12 @@ async fn one_credential_cannot_hold_every_in_flight_slot() {
     let mut hog = connect(app.public).await;
     hog.write_all(head.as_bytes()).await.unwrap();
     for _ in 0..400 {
-        if app.state.in_flight.available_permits() < 2 {
+        if app.state.public.in_flight.available_permits() < 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(app.state.in_flight.available_permits(), 1);
+    assert_eq!(app.state.public.in_flight.available_permits(), 1);
     // Its second such request is refused at once: one per user.
     let mut second = connect(app.public).await;
     second.write_all(head.as_bytes()).await.unwrap();

@@ -33,12 +33,12 @@ async fn registration_changes_answer_applied_and_version() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["applied"], 4);
-    let first = body["version"].as_u64().expect("a numeric version");
-    // Lists may be left out; an empty change is fine and still a new version.
+    let first = body["local_sequence"].as_u64().expect("a numeric sequence");
+    // Lists may be left out; an empty change is fine and still a new sequence number.
     let (status, body) = app.change_raw(json!({ "add": ["+15550005555"] })).await;
     assert_eq!(status, 200);
     assert_eq!(body["applied"], 1);
-    let second = body["version"].as_u64().unwrap();
+    let second = body["local_sequence"].as_u64().unwrap();
     assert!(second > first);
     let (status, body) = app.change_raw(json!({})).await;
     assert_eq!(status, 200);
@@ -350,7 +350,7 @@ async fn stats_show_registry_counts_and_live_indexes() {
             index["entries"], 3,
             "hidden numbers are not indexed: {index}"
         );
-        assert!(index["registry_version"].as_u64().is_some());
+        assert!(index["local_sequence"].as_u64().is_some());
     }
     app.stop().await;
 }

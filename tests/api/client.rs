@@ -27,7 +27,7 @@ async fn app_with(
 /// Registers every other number of `numbers` and returns which are registered.
 async fn register_half(app: &TestApp, numbers: &[E164]) -> Vec<bool> {
     let ops: Vec<Op> = numbers.iter().step_by(2).map(|n| Op::Add(*n)).collect();
-    let version = app.state.registry.apply(&ops).unwrap();
+    let version = app.state.admin.registry.apply(&ops).unwrap();
     app.wait_for_index(version).await;
     (0..numbers.len()).map(|i| i % 2 == 0).collect()
 }
@@ -83,7 +83,7 @@ async fn an_epoch_change_in_the_middle_of_a_run_is_absorbed() {
                 app.clock.advance(Duration::from_secs(2 * 86_400));
                 let now = app.clock.now_secs();
                 for _ in 0..2_000 {
-                    if app.state.indexes.is_ready(now) {
+                    if app.state.public.indexes.is_ready(now) {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(5));
@@ -193,7 +193,7 @@ async fn an_address_book_of_25000_contacts_is_discovered_in_batches() {
     for (contact, registered) in report.contacts.iter().zip(&expected) {
         assert_eq!(contact.reachable, *registered);
     }
-    let looked_up = app.state.metrics.fingerprints.get();
+    let looked_up = app.state.public.metrics.fingerprints.get();
     assert_eq!(
         looked_up, 25_000,
         "every number looked up once, in batches of 1,000"

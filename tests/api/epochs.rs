@@ -96,16 +96,17 @@ async fn next_epoch_is_built_ahead_and_answered_once_built() {
     app.change(&REGISTERED, &[], &[]).await;
     let e = epoch_at(&app).0;
     // Replicas share the secret, so a client may already hold the next salt from one of them.
-    let salt_next = app.state.secret.salt(Epoch(e + 1));
+    let salt_next = app.state.public.secret.salt(Epoch(e + 1));
 
     // One second before the lead (15 min, the cap for day-long epochs): not built, refused.
     app.clock.set_secs(T0 + DAY - 901);
-    let version = app.change(&["+447700900001"], &[], &[]).await["version"]
+    let version = app.change(&["+447700900001"], &[], &[]).await["local_sequence"]
         .as_u64()
         .unwrap();
     app.wait_for_index(version).await;
     assert!(
         app.state
+            .public
             .indexes
             .snapshot()
             .iter()
@@ -134,9 +135,9 @@ async fn next_epoch_lead_is_a_quarter_of_a_short_epoch() {
     let app = spawn_app_with(|c| c.epoch_seconds = 60).await;
     app.change(&REGISTERED, &[], &[]).await;
     let e = epoch_at(&app).0;
-    let salt_next = app.state.secret.salt(Epoch(e + 1));
+    let salt_next = app.state.public.secret.salt(Epoch(e + 1));
     app.clock.set_secs(T0 + 44);
-    let version = app.change(&["+447700900001"], &[], &[]).await["version"]
+    let version = app.change(&["+447700900001"], &[], &[]).await["local_sequence"]
         .as_u64()
         .unwrap();
     app.wait_for_index(version).await;
@@ -151,7 +152,7 @@ async fn next_epoch_lead_is_a_quarter_of_a_short_epoch() {
 async fn short_epochs_rotate_twice_with_new_salts_and_old_salts_expire() {
     let app = spawn_app_with(|c| c.epoch_seconds = 60).await;
     assert_eq!(
-        app.state.indexes.policy().grace_secs,
+        app.state.public.indexes.policy().grace_secs,
         60,
         "grace is clamped to one epoch"
     );
@@ -216,7 +217,7 @@ async fn epoch_info_and_410_follow_the_clock() {
         (e + 1) * 60
     );
     let salt = decode_salt(info["salt"].as_str().unwrap());
-    assert_eq!(salt, app.state.secret.salt(Epoch(e)));
+    assert_eq!(salt, app.state.public.secret.salt(Epoch(e)));
     let response = app
         .discover_fps(Format::Json, &app.credential("alice"), 0, &[])
         .await;

@@ -286,6 +286,7 @@ async fn client_retrying_with_the_salt_from_a_410_gets_a_correct_answer() {
     let old_epoch = T0 / 86_400 - 7;
     let old_salt = app
         .state
+        .public
         .secret
         .salt(contact_discovery::domain::Epoch(old_epoch));
     let numbers = [UNREGISTERED, REGISTERED];

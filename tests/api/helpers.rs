@@ -146,20 +146,21 @@ impl TestApp {
             .unwrap();
         assert_eq!(response.status(), 200);
         let body: serde_json::Value = response.json().await.unwrap();
-        self.wait_for_index(body["version"].as_u64().unwrap()).await;
+        self.wait_for_index(body["local_sequence"].as_u64().unwrap())
+            .await;
         body
     }
 
-    /// Waits until every live index reflects registry version `version`.
-    pub async fn wait_for_index(&self, version: u64) {
+    /// Waits until every live index reflects the registry's local sequence `sequence`.
+    pub async fn wait_for_index(&self, sequence: u64) {
         for _ in 0..2_000 {
-            let live = self.state.indexes.snapshot();
-            if !live.is_empty() && live.iter().all(|(_, l)| l.registry_version >= version) {
+            let live = self.state.public.indexes.snapshot();
+            if !live.is_empty() && live.iter().all(|(_, l)| l.registry_sequence >= sequence) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        panic!("index never caught up with registry version {version}");
+        panic!("index never caught up with registry sequence {sequence}");
     }
 
     /// Sends a discovery request and returns status and raw body.
@@ -259,12 +260,13 @@ impl TestApp {
         for _ in 0..2_000 {
             let live: Vec<u64> = self
                 .state
+                .public
                 .indexes
                 .snapshot()
                 .iter()
                 .map(|(e, _)| e.0)
                 .collect();
-            if self.state.indexes.is_ready(self.clock.now_secs())
+            if self.state.public.indexes.is_ready(self.clock.now_secs())
                 && epochs.iter().all(|e| live.contains(e))
             {
                 return;
@@ -274,6 +276,7 @@ impl TestApp {
         panic!(
             "epochs {epochs:?} never became live (live: {:?})",
             self.state
+                .public
                 .indexes
                 .snapshot()
                 .iter()
@@ -287,6 +290,7 @@ impl TestApp {
         for _ in 0..2_000 {
             if self
                 .state
+                .public
                 .indexes
                 .snapshot()
                 .iter()

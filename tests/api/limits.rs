@@ -221,12 +221,12 @@ async fn requests_beyond_the_in_flight_cap_are_shed_with_503_and_retry_after() {
         slow.push(stream);
     }
     for _ in 0..2_000 {
-        if app.state.in_flight.available_permits() == 0 {
+        if app.state.public.in_flight.available_permits() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(app.state.in_flight.available_permits(), 0);
+    assert_eq!(app.state.public.in_flight.available_permits(), 0);
 
     // A further request is shed at once, with Retry-After, in both routes that are capped.
     let started = Instant::now();

@@ -70,7 +70,7 @@ async fn loadgen_gets_real_answers_and_follows_an_epoch_change() {
         clock.advance(Duration::from_secs(2 * 86_400));
         // Wait for the new epoch's index so the retry can succeed.
         for _ in 0..400 {
-            if state.indexes.is_ready(clock.now_secs()) {
+            if state.public.indexes.is_ready(clock.now_secs()) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -5,7 +5,6 @@
 //! scraper that reaches the listener without it learns nothing.
 
 use std::collections::HashSet;
-use std::time::Instant;
 
 use axum::Json;
 use axum::body::Body;
@@ -18,9 +17,10 @@ use serde_json::json;
 
 use super::body::{media_type, read_limited};
 use super::error::{InvalidNumber, Problems};
-use super::{ApiError, SharedState};
+use super::{AdminState, ApiError};
 use crate::domain::E164;
 use crate::store::registry::Op;
+use crate::store::writer::WriteError;
 
 /// Most operations (numbers across `add`, `remove` and `hide`) in one admin request; more is
 /// `413 too_many_operations`. Bulk loads use `registry import`.
@@ -44,7 +44,7 @@ pub fn hash_token(token: &str) -> blake3::Hash {
 
 /// Refuses `/admin/*` requests without the admin token.
 pub async fn require_token(
-    State(state): State<SharedState>,
+    State(state): State<AdminState>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -55,7 +55,7 @@ pub async fn require_token(
 /// Refuses `/metrics` without the metrics token or the admin token. Prometheus sends it as a
 /// bearer token (`authorization.credentials_file` in its scrape config).
 pub async fn require_metrics_token(
-    State(state): State<SharedState>,
+    State(state): State<AdminState>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -178,9 +178,11 @@ fn plan(request: &ChangeRequest) -> Result<Vec<Op>, ApiError> {
     Ok(ops)
 }
 
-/// `POST /admin/v1/registrations`: adds, removes and hides numbers; answers only once durable.
+/// `POST /admin/v1/registrations`: adds, removes and hides numbers; answers only once durable,
+/// with the same receipt whether the registry is local or shared: `200` once applied here,
+/// `202` when durable in the shared stream but not yet applied here.
 pub async fn change_registrations(
-    State(state): State<SharedState>,
+    State(state): State<AdminState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -198,70 +200,20 @@ pub async fn change_registrations(
         ))
     })?;
     let ops = plan(&request)?;
-    if let Some(replica) = &state.replica {
-        return replicated_change(&state, replica, &ops).await;
-    }
-    let started = Instant::now();
-    let registry = std::sync::Arc::clone(&state.registry);
-    let applied = ops.len();
-    let version = tokio::task::spawn_blocking(move || registry.apply(&ops))
-        .await
-        .map_err(|_| ApiError::Storage)?
-        .map_err(|err| {
-            crate::safe_error!(
-                "registry write failed; change not acknowledged",
-                error = err
-            );
-            ApiError::Storage
-        })?;
-    state
-        .metrics
-        .registry_write_seconds
-        .observe(started.elapsed().as_secs_f64());
-    state.registry.counts().export_to(&state.metrics);
-    Ok(Json(json!({ "applied": applied, "version": version })).into_response())
-}
-
-/// How long a write through the shared stream waits to be visible on this replica.
-const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// With a shared registry: the change goes to the stream (durable there once appended), then
-/// waits for this replica to apply it, so the caller reads its own write here. 200 once applied
-/// here; 202 if durable in the stream but not yet applied here within `APPLY_WAIT`.
-async fn replicated_change(
-    state: &SharedState,
-    replica: &crate::store::replication::Replica,
-    ops: &[Op],
-) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let id = replica.append(ops).await.map_err(|err| {
-        crate::safe_error!(
-            "registry stream write failed; change not acknowledged",
-            error = err
-        );
-        ApiError::RegistryStreamUnavailable
+    let receipt = state.writer.apply(ops).await.map_err(|err| match err {
+        WriteError::Storage => ApiError::Storage,
+        WriteError::Stream => ApiError::RegistryStreamUnavailable,
     })?;
-    state
-        .metrics
-        .registry_write_seconds
-        .observe(started.elapsed().as_secs_f64());
-    let applied_here = replica.wait_applied(id, APPLY_WAIT).await;
-    let body = json!({
-        "applied": ops.len(),
-        "version": state.registry.version(),
-        "stream_id": id.to_string(),
-        "applied_here": applied_here,
-    });
-    let status = if applied_here {
+    let status = if receipt.applied_here {
         axum::http::StatusCode::OK
     } else {
         axum::http::StatusCode::ACCEPTED
     };
-    Ok((status, Json(body)).into_response())
+    Ok((status, Json(receipt)).into_response())
 }
 
 /// `GET /admin/v1/stats`: registry size, live indexes, readiness, limiter size.
-pub async fn stats(State(state): State<SharedState>) -> Json<serde_json::Value> {
+pub async fn stats(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let now = state.clock.now_secs();
     let schedule = state.indexes.policy().schedule;
     let indexes: Vec<_> = state
@@ -273,7 +225,7 @@ pub async fn stats(State(state): State<SharedState>) -> Json<serde_json::Value> 
                 "epoch": epoch.0,
                 "entries": live.index.len(),
                 "heap_bytes": live.index.heap_bytes(),
-                "registry_version": live.registry_version,
+                "local_sequence": live.registry_sequence,
                 "build_seconds": live.build_seconds,
             })
         })
@@ -283,7 +235,7 @@ pub async fn stats(State(state): State<SharedState>) -> Json<serde_json::Value> 
         "current_epoch": schedule.epoch_at(now).0,
         "epoch_seconds": schedule.length_secs(),
         "registry": {
-            "version": state.registry.version(),
+            "local_sequence": state.registry.version(),
             "counts": state.registry.counts(),
             "replication": state.replica.as_ref().map(|r| json!({
                 "synced": r.synced(),
@@ -292,13 +244,13 @@ pub async fn stats(State(state): State<SharedState>) -> Json<serde_json::Value> 
         },
         "indexes": indexes,
         "rate_limited_users_tracked": state.limiter.tracked_users(),
-        "rate_limit_backend": if state.shared_limiter.is_some() { "redis" } else { "local" },
+        "rate_limit_backend": state.limiter.backend(),
         "uptime_seconds": state.started.elapsed().as_secs(),
     }))
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(state): State<SharedState>) -> Response {
+pub async fn metrics(State(state): State<AdminState>) -> Response {
     state.registry.counts().export_to(&state.metrics);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -3,10 +3,12 @@
 
 pub mod admin;
 pub mod body;
+pub mod caller;
 pub mod codec;
 pub mod error;
 pub mod overload;
 pub mod public;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,62 +18,22 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+pub use caller::{Authenticator, Caller, bearer_token};
 pub use error::{ApiError, EpochInfo};
+pub use state::{AdminState, Observe, PublicState, Readiness};
 
 impl crate::log_safe::LogSafe for axum::http::StatusCode {}
 
-use crate::clock::Clock;
-use crate::domain::{CredentialKey, ServerSecret};
-use crate::metrics::Metrics;
-use crate::server::ratelimit::FingerprintLimiter;
-use crate::store::registry::Registry;
-use crate::store::rotation::LiveIndexes;
-
-/// Everything a handler needs, shared by both listeners.
+/// The running service's two listener states, for start-up, tests, the demo and benchmarks.
+/// No handler gets this whole: each router is built with its own listener's state.
 pub struct AppState {
-    /// The live match indexes.
-    pub indexes: Arc<LiveIndexes>,
-    /// The durable registry.
-    pub registry: Arc<Registry>,
-    /// Salts come from here.
-    pub secret: ServerSecret,
-    /// Verifies caller credentials; `None` when auth is switched off for a demo.
-    pub credential_key: Option<CredentialKey>,
-    /// The key being rotated out, still accepted (`--previous-credential-key-file`).
-    pub previous_credential_key: Option<CredentialKey>,
-    /// Longest credential lifetime accepted, seconds.
-    pub max_credential_ttl: u64,
-    /// BLAKE3 hash of the admin token (compared in constant time).
-    pub admin_token_hash: blake3::Hash,
-    /// Per-user fingerprint budget of this process (alone, or the fallback of the shared one).
-    pub limiter: FingerprintLimiter,
-    /// The budget shared by all replicas in Redis, when configured.
-    pub shared_limiter: Option<crate::server::ratelimit::SharedLimiter>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Time.
-    pub clock: Clock,
-    /// Most fingerprints per request.
-    pub max_batch: usize,
-    /// When the process started.
-    pub started: Instant,
-    /// Whether access logs carry the client's truncated address.
-    pub log_client_ip: bool,
-    /// `/readyz` is false while fewer numbers are registered.
-    pub ready_min_registrations: u64,
-    /// How fast and how soon a request body must arrive.
-    pub body_pace: body::BodyPace,
-    /// Slots for public requests in flight; a request that finds none is shed with 503.
-    pub in_flight: Arc<tokio::sync::Semaphore>,
-    /// Discovery requests in flight per user.
-    pub user_in_flight: overload::UserInFlight,
-    /// BLAKE3 hash of the metrics token (the admin token also reads `/metrics`).
-    pub metrics_token_hash: blake3::Hash,
-    /// The shared registry stream, when replicas share one (`--registry-redis-url`).
-    pub replica: Option<Arc<crate::store::replication::Replica>>,
+    /// The public listener's state.
+    pub public: PublicState,
+    /// The admin listener's state.
+    pub admin: AdminState,
 }
 
-/// Shared state as handlers see it.
+/// The application's states, shared.
 pub type SharedState = Arc<AppState>;
 
 /// Fingerprints in a discovery request, attached to its response for the access log.
@@ -85,7 +47,7 @@ pub struct Listener(pub &'static str);
 /// Counts and times every request by listener, route template and status, and marks every
 /// response `Cache-Control: no-store`. Route templates only: never the raw path or query.
 pub async fn observe(
-    State((state, listener)): State<(SharedState, Listener)>,
+    State((state, listener)): State<(Observe, Listener)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -127,13 +89,6 @@ pub async fn observe(
         client = crate::log_safe::ClientNetwork(client_ip),
     );
     response
-}
-
-/// The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive).
-pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// JSON 404 for unknown routes.

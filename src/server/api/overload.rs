@@ -8,7 +8,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, SharedState};
+use super::{ApiError, PublicState};
 use crate::domain::UserId;
 use crate::server::keyed_cap::{KeyedCap, KeyedSlot};
 
@@ -17,7 +17,7 @@ pub const RETRY_AFTER_SECS: u64 = 1;
 
 /// Runs the request if an in-flight slot is free, holding it until the handler has answered;
 /// otherwise sheds it. Never waits for a slot.
-pub async fn shed_load(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+pub async fn shed_load(State(state): State<PublicState>, request: Request, next: Next) -> Response {
     match Arc::clone(&state.in_flight).try_acquire_owned() {
         Ok(slot) => {
             let response = next.run(request).await;

@@ -13,16 +13,12 @@ use zeroize::Zeroizing;
 
 use super::body::{declared_length, media_type, read_limited};
 use super::codec::{self, DiscoverRequest, Format};
-use super::{ApiError, EpochInfo, SharedState};
-use crate::domain::{CredentialError, Epoch, FINGERPRINT_BYTES, UserId};
-use crate::server::ratelimit::Limited;
+use super::{ApiError, Caller, EpochInfo, PublicState, Readiness};
+use crate::domain::{Epoch, FINGERPRINT_BYTES, UserId};
 use crate::store::rotation::EpochRefusal;
 
-/// The user every request is attributed to when auth is switched off.
-const ANONYMOUS: &str = "insecure-anonymous";
-
 /// What clients need to compute fingerprints for `epoch`.
-pub fn epoch_info(state: &SharedState, epoch: Epoch) -> EpochInfo {
+pub fn epoch_info(state: &PublicState, epoch: Epoch) -> EpochInfo {
     let schedule = state.indexes.policy().schedule;
     let not_after = std::time::UNIX_EPOCH + std::time::Duration::from_secs(schedule.end(epoch));
     EpochInfo {
@@ -35,35 +31,10 @@ pub fn epoch_info(state: &SharedState, epoch: Epoch) -> EpochInfo {
 }
 
 /// `GET /v1/epoch`: the current epoch and its salt.
-pub async fn get_epoch(State(state): State<SharedState>) -> Json<EpochInfo> {
+pub async fn get_epoch(State(state): State<PublicState>) -> Json<EpochInfo> {
     let now = state.clock.now_secs();
     let epoch = state.indexes.policy().schedule.epoch_at(now);
     Json(epoch_info(&state, epoch))
-}
-
-/// Checks the bearer credential and returns the caller.
-fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<UserId, ApiError> {
-    let Some(key) = &state.credential_key else {
-        return UserId::parse(ANONYMOUS).map_err(|_| ApiError::MissingCredential);
-    };
-    if !headers.contains_key(header::AUTHORIZATION) {
-        return Err(ApiError::MissingCredential);
-    }
-    let token = super::bearer_token(headers).ok_or(ApiError::InvalidCredential(
-        crate::domain::CredentialError::Malformed,
-    ))?;
-    let now = state.clock.now_secs();
-    let credential = match (
-        key.verify(token, now, state.max_credential_ttl),
-        &state.previous_credential_key,
-    ) {
-        // During a key rotation, a MAC that fails under the new key may be from the old one.
-        (Err(CredentialError::BadMac), Some(previous)) => {
-            previous.verify(token, now, state.max_credential_ttl)?
-        }
-        (verified, _) => verified?,
-    };
-    Ok(credential.user)
 }
 
 /// `POST /v1/discover`: which of the uploaded fingerprints belong to registered users.
@@ -76,26 +47,22 @@ fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<UserId, ApiE
 /// the fingerprints its bytes stand for. A `410` costs only what was charged up front, because
 /// the protocol asks clients to resend on it.
 pub async fn discover(
-    State(state): State<SharedState>,
+    State(state): State<PublicState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let user = authenticate(&state, &headers)?;
-    // Anonymous (insecure demo) requests all share one user id; capping it would cap everyone.
-    let _user_slot = match state.credential_key {
-        Some(_) => Some(state.user_in_flight.enter(&user)?),
-        None => None,
-    };
+    let user = &caller.user;
     let format = Format::from_media_type(media_type(&headers).as_deref());
     let declared = declared_length(&headers);
     let up_front = match &format {
         Ok(format) => up_front_cost(*format, declared, state.max_batch),
         Err(_) => 1,
     };
-    charge(&state, &user, up_front).await?;
+    charge(&state, user, up_front).await?;
     let format = format?;
     let (request, raw) =
-        read_request(&state, &user, &headers, body, format, declared, up_front).await?;
+        read_request(&state, user, &headers, body, format, declared, up_front).await?;
     drop(raw); // wiped now: only the decoded, zeroizing fingerprints remain
     #[cfg(feature = "test-hooks")]
     test_hooks::maybe_panic(&headers, &request);
@@ -112,7 +79,7 @@ pub async fn discover(
         })?;
 
     let n = request.fingerprints.len();
-    charge(&state, &user, n.saturating_sub(up_front)).await?;
+    charge(&state, user, n.saturating_sub(up_front)).await?;
 
     let mut bitmap = Zeroizing::new(vec![0u8; n.div_ceil(8)]);
     // The number of matches is not kept, counted or logged: it is part of the answer.
@@ -132,7 +99,7 @@ pub async fn discover(
 /// Reads and decodes the body; a refused body is charged what it stands for beyond `paid`.
 /// Returns the request and the (zeroizing) raw body, which the caller drops once decoded.
 async fn read_request(
-    state: &SharedState,
+    state: &PublicState,
     user: &UserId,
     headers: &HeaderMap,
     body: Body,
@@ -177,8 +144,8 @@ fn up_front_cost(format: Format, declared: Option<usize>, max_batch: usize) -> u
 
 /// Takes `n` fingerprints from `user`'s budget (shared across replicas when configured), or
 /// refuses with `429 rate_limited`.
-async fn charge(state: &SharedState, user: &UserId, n: usize) -> Result<(), ApiError> {
-    take(state, user, n).await.map_err(|limited| {
+async fn charge(state: &PublicState, user: &UserId, n: usize) -> Result<(), ApiError> {
+    state.limiter.check(user, n).await.map_err(|limited| {
         state.metrics.rate_limited.inc();
         ApiError::RateLimited {
             retry_after: limited.retry_after_secs,
@@ -186,22 +153,11 @@ async fn charge(state: &SharedState, user: &UserId, n: usize) -> Result<(), ApiE
     })
 }
 
-/// Takes `n` fingerprints from `user`'s budget, all or nothing.
-async fn take(state: &SharedState, user: &UserId, n: usize) -> Result<(), Limited> {
-    if n == 0 {
-        return Ok(());
-    }
-    match &state.shared_limiter {
-        Some(shared) => shared.check(user, n, &state.limiter).await,
-        None => state.limiter.check(user, n),
-    }
-}
-
 /// Charges a refused body the fingerprints its `bytes` stand for, beyond what was charged up
 /// front; at most a batch. The answer is already a refusal, so a spent budget changes nothing
 /// now: it refuses the caller's next request before its body is read.
 async fn charge_refused(
-    state: &SharedState,
+    state: &PublicState,
     user: &UserId,
     format: Format,
     bytes: usize,
@@ -218,7 +174,7 @@ async fn charge_refused(
     let mut owed = cost.saturating_sub(paid);
     let mut step = owed;
     while owed > 0 && step > 0 {
-        if take(state, user, step).await.is_ok() {
+        if state.limiter.check(user, step).await.is_ok() {
             owed -= step;
             step = step.min(owed);
         } else {
@@ -234,11 +190,8 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// `GET /readyz`: 200 once the current epoch's index is built and the registry holds at least
 /// `ready_min_registrations` numbers, else 503.
-pub async fn readyz(State(state): State<SharedState>) -> Response {
-    let counts = state.registry.counts();
-    let registry_loaded = counts.discoverable + counts.hidden >= state.ready_min_registrations
-        && state.replica.as_ref().is_none_or(|r| r.synced());
-    if registry_loaded && state.indexes.is_ready(state.clock.now_secs()) {
+pub async fn readyz(State(readiness): State<Readiness>) -> Response {
+    if readiness.is_ready() {
         (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
     } else {
         ApiError::NotReady.into_response()

@@ -88,6 +88,63 @@ impl FingerprintLimiter {
     }
 }
 
+/// The per-user budget a request is charged against: this process's alone, or the one shared
+/// by every replica in Redis with this process's as its fallback. Handlers call
+/// [`Limiter::check`] and never learn which; the mode is chosen once, at start-up.
+pub enum Limiter {
+    /// This process's budget only (one replica, or replicas with separate budgets).
+    Local(FingerprintLimiter),
+    /// The budget in Redis; `fallback` answers while Redis fails or is slow.
+    Shared {
+        /// The shared budget (boxed: it is much larger than the local one).
+        shared: Box<SharedLimiter>,
+        /// This process's budget, asked when the shared one cannot be.
+        fallback: FingerprintLimiter,
+    },
+}
+
+impl Limiter {
+    /// Takes `n` fingerprints from `user`'s budget, all or nothing, or says how long until they
+    /// fit.
+    pub async fn check(&self, user: &UserId, n: usize) -> Result<(), Limited> {
+        if n == 0 {
+            return Ok(());
+        }
+        match self {
+            Limiter::Local(local) => local.check(user, n),
+            Limiter::Shared { shared, fallback } => shared.check(user, n, fallback).await,
+        }
+    }
+
+    /// This process's budget (the fallback of a shared one).
+    fn local(&self) -> &FingerprintLimiter {
+        match self {
+            Limiter::Local(local)
+            | Limiter::Shared {
+                fallback: local, ..
+            } => local,
+        }
+    }
+
+    /// Forgets users whose local budget is full again (run every minute).
+    pub fn forget_idle(&self) {
+        self.local().forget_idle();
+    }
+
+    /// Users the local budget tracks (for stats).
+    pub fn tracked_users(&self) -> usize {
+        self.local().tracked_users()
+    }
+
+    /// Where budgets live, for stats: `local` or `redis`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Limiter::Local(_) => "local",
+            Limiter::Shared { .. } => "redis",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
