@@ -186,12 +186,20 @@ pub struct ConnectionArgs {
 #[command(next_help_heading = "Replication ([replication])")]
 pub struct ReplicationArgs {
     /// Redis URL of the registry change stream shared by all replicas [default: none, standalone].
-    #[arg(long, env = "CONTACT_DISCOVERY_REGISTRY_REDIS_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CONTACT_DISCOVERY_REGISTRY_REDIS_URL",
+        hide_env_values = true
+    )]
     pub registry_redis_url: Option<SecretText>,
     /// Stream entries after which a shared registry snapshot is published [default: 10000].
     #[arg(long, env = "CONTACT_DISCOVERY_REGISTRY_SNAPSHOT_EVERY")]
     pub registry_snapshot_every: Option<NonZeroU64>,
     /// Redis URL of rate-limit budgets shared by all replicas [default: none, per process].
-    #[arg(long, env = "CONTACT_DISCOVERY_RATE_LIMIT_REDIS_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CONTACT_DISCOVERY_RATE_LIMIT_REDIS_URL",
+        hide_env_values = true
+    )]
     pub rate_limit_redis_url: Option<SecretText>,
 }

@@ -119,9 +119,8 @@ impl TryFrom<SecretText> for HexSecret {
     type Error = SecretError;
 
     fn try_from(text: SecretText) -> Result<Self, Self::Error> {
-        let bytes = zeroize::Zeroizing::new(
-            parse_hex32(text.expose()).ok_or(SecretError::NotHex32)?,
-        );
+        let bytes =
+            zeroize::Zeroizing::new(parse_hex32(text.expose()).ok_or(SecretError::NotHex32)?);
         Ok(Self {
             key: ServerSecret::from_bytes(*bytes),
             text,
@@ -189,7 +188,9 @@ mod tests {
     #[test]
     fn debug_never_shows_the_value() {
         let token: Token = "super-secret-admin-token".parse().unwrap();
-        let url: RedisUrl = "redis://:hunter2-password@127.0.0.1:6379/0".parse().unwrap();
+        let url: RedisUrl = "redis://:hunter2-password@127.0.0.1:6379/0"
+            .parse()
+            .unwrap();
         let hex: HexSecret = "ab".repeat(32).parse().unwrap();
         let shown = format!("{token:?} {url:?} {hex:?}");
         assert!(!shown.contains("super-secret"), "{shown}");

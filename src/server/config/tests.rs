@@ -80,7 +80,10 @@ fn bad_settings_are_refused() {
     let mut args = ServeArgs::default();
     args.limits.max_batch = NonZeroUsize::new(60_000);
     let err = Settings::load(&args).unwrap_err().to_string();
-    assert!(err.contains("max_batch must not exceed rate_limit_burst"), "{err}");
+    assert!(
+        err.contains("max_batch must not exceed rate_limit_burst"),
+        "{err}"
+    );
     let mut args = ServeArgs::default();
     args.connections.write_timeout_ms = Some(0);
     assert!(Settings::load(&args).is_err());
