@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::hint::black_box;
+use std::num::NonZero;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -16,7 +17,7 @@ use axum::http::Request;
 use contact_discovery::clock::Clock;
 use contact_discovery::domain::{Epoch, Fingerprint, Salt, UserId};
 use contact_discovery::server::api::codec::{self, Format};
-use contact_discovery::server::config::Config;
+use contact_discovery::server::config::{Config, Settings};
 use contact_discovery::server::startup::{Application, load_keys, public_router};
 use contact_discovery::store::index::MatchIndex;
 use contact_discovery::store::registry::{Registry, Visibility};
@@ -182,29 +183,29 @@ fn whole_request(c: &mut Criterion) {
             .collect();
         registry.import(&entries).expect("import");
     }
-    let config = Config {
+    let mut config = Config {
         data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        admin_listen: "127.0.0.1:0".parse().expect("addr"),
-        admin_token: Some("bench-admin-token-0123456789".into()),
-        epoch_seconds: 86_400,
-        max_batch: BATCH,
-        rate_limit_burst: u32::MAX,
-        rate_limit_refill_per_day: u32::MAX,
         ..Config::default()
     };
+    config.listeners.listen = "127.0.0.1:0".parse().expect("addr");
+    config.listeners.admin_listen = "127.0.0.1:0".parse().expect("addr");
+    config.secrets.admin_token = Some("bench-admin-token-0123456789".parse().expect("token"));
+    config.limits.max_batch = NonZero::new(BATCH).expect("batch");
+    config.limits.rate_limit_burst = NonZero::<u32>::MAX;
+    config.limits.rate_limit_refill_per_day = NonZero::<u32>::MAX;
+    let settings = Settings::try_from(config).expect("settings");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let clock = Clock::System;
     let app = runtime
-        .block_on(Application::build_with_clock(config.clone(), clock.clone()))
+        .block_on(Application::build_with_clock(&settings, clock.clone()))
         .expect("app");
     runtime.block_on(app.warm_up());
     let state = app.state();
     let router = public_router(&state);
-    let keys = load_keys(&config).expect("keys");
+    let keys = load_keys(&settings).expect("keys");
     let epoch = state
         .public
         .indexes

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::domain::secret::{self, KeyFileError};
 use crate::domain::{CredentialKey, E164, UserId};
-use crate::server::config::{Config, ServeArgs, default_credential_key_path};
+use crate::server::config::{ServeArgs, Settings, default_credential_key_path};
 use crate::server::startup::{Application, StartupError, shutdown_signal};
 use crate::store::registry::{Registry, RegistryError, Visibility};
 use crate::tools::generate;
@@ -57,14 +57,14 @@ pub fn init_logging(filter: &str) {
 
 /// `serve`: runs the service until SIGTERM or Ctrl-C.
 pub fn serve(args: &ServeArgs) -> Result<(), CommandError> {
-    let config = Config::load(args)?;
-    init_logging(&config.log);
+    let settings = Settings::load(args)?;
+    init_logging(&settings.log);
     crate::server::hardening::install_redacting_panic_hook();
     if let Err(err) = crate::server::hardening::disable_core_dumps() {
         crate::safe_warn!("could not disable core dumps", error = err);
     }
-    crate::safe_info!("starting", config = config);
-    if config.mlock {
+    crate::safe_info!("starting", config = settings);
+    if settings.mlock {
         // Asked for explicitly: running without it would silently break the promise.
         crate::server::hardening::lock_memory().map_err(io(
             "--mlock: cannot lock memory (needs CAP_IPC_LOCK or a higher RLIMIT_MEMLOCK)",
@@ -76,18 +76,18 @@ pub fn serve(args: &ServeArgs) -> Result<(), CommandError> {
         .build()
         .map_err(io("starting the async runtime"))?;
     runtime.block_on(async move {
-        if config.demo {
-            crate::tools::demo::seed_if_empty(&config)?;
+        if settings.demo {
+            crate::tools::demo::seed_if_empty(&settings.data_dir)?;
         }
-        let app = Application::build(config.clone()).await?;
+        let app = Application::build(&settings).await?;
         app.warm_up().await;
         crate::safe_info!(
             "listening",
             public = app.public_addr(),
             admin = app.admin_addr()
         );
-        if config.demo {
-            crate::tools::demo::print_instructions(&config, &app);
+        if settings.demo {
+            crate::tools::demo::print_instructions(&settings, &app);
         }
         app.run_until_stopped(shutdown_signal())
             .await

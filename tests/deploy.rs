@@ -12,7 +12,7 @@ use std::time::Duration;
 use contact_discovery::clock::Clock;
 use contact_discovery::domain::{E164, Fingerprint, Salt, UserId};
 use contact_discovery::server::api::codec::{self, Format};
-use contact_discovery::server::config::Config;
+use contact_discovery::server::config::{Config, Settings};
 use contact_discovery::server::startup::{Application, load_keys};
 use serde::Deserialize;
 
@@ -507,18 +507,19 @@ fn exported_families(exposition: &str) -> Vec<(String, String)> {
 /// and returns its `/metrics` text.
 async fn scrape_a_running_server() -> String {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
+    let mut config = Config {
         data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_token: Some("deploy-test-admin-token".into()),
         ..Config::default()
     };
-    let app = Application::build_with_clock(config.clone(), Clock::System)
+    config.listeners.listen = "127.0.0.1:0".parse().unwrap();
+    config.listeners.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.secrets.admin_token = Some("deploy-test-admin-token".parse().unwrap());
+    let settings = Settings::try_from(config).unwrap();
+    let app = Application::build_with_clock(&settings, Clock::System)
         .await
         .unwrap();
     app.warm_up().await;
-    let keys = load_keys(&config).unwrap();
+    let keys = load_keys(&settings).unwrap();
     let (public, admin) = (app.public_addr(), app.admin_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {

@@ -99,22 +99,23 @@ fn credential() {
 #[tokio::test]
 async fn the_server_answers_the_published_request() {
     use contact_discovery::clock::Clock;
-    use contact_discovery::server::config::Config;
+    use contact_discovery::server::config::{Config, Settings};
     use contact_discovery::server::startup::{Application, load_keys};
 
     let v = vectors();
     let r = &v["request"];
     let epoch = r["epoch"].as_u64().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
+    let mut config = Config {
         data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_token: Some("vectors-admin-token".into()),
-        server_secret: Some(v["secret_hex"].as_str().unwrap().into()),
         ..Config::default()
     };
-    let app = Application::build_with_clock(config.clone(), Clock::manual(epoch * 86_400 + 100))
+    config.listeners.listen = "127.0.0.1:0".parse().unwrap();
+    config.listeners.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.secrets.admin_token = Some("vectors-admin-token".parse().unwrap());
+    config.secrets.server_secret = Some(v["secret_hex"].as_str().unwrap().parse().unwrap());
+    let settings = Settings::try_from(config).unwrap();
+    let app = Application::build_with_clock(&settings, Clock::manual(epoch * 86_400 + 100))
         .await
         .unwrap();
     let numbers: Vec<E164> = r["registered"]
@@ -129,7 +130,7 @@ async fn the_server_answers_the_published_request() {
         .collect();
     app.state().admin.registry.apply(&ops).unwrap();
     app.warm_up().await;
-    let (public, keys) = (app.public_addr(), load_keys(&config).unwrap());
+    let (public, keys) = (app.public_addr(), load_keys(&settings).unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;

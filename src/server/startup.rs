@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::num::NonZeroU64;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::clock::Clock;
-use crate::domain::secret::{self, KeyFileError, parse_hex32};
-use crate::domain::{CredentialKey, EpochSchedule, ServerSecret};
+use crate::domain::secret::{self, KeyFileError};
+use crate::domain::{CredentialKey, ServerSecret};
 use crate::metrics::Metrics;
 use crate::server::api::body::BodyPace;
 use crate::server::api::overload::UserInFlight;
@@ -25,7 +25,7 @@ use crate::server::api::{
     self, AdminState, AppState, Authenticator, Listener, Observe, PublicState, Readiness,
     SharedState, admin, overload, public,
 };
-use crate::server::config::Config;
+use crate::server::config::{Settings, Token};
 use crate::server::connection::{self, ConnectionLimits, CutCounter};
 use crate::server::ratelimit::{FingerprintLimiter, Limiter, RateLimitConfigError, SharedLimiter};
 use crate::store::index::MatchIndex;
@@ -37,9 +37,6 @@ use crate::store::writer::RegistryWriter;
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    /// Bad configuration.
-    #[error(transparent)]
-    Config(#[from] crate::server::config::ConfigError),
     /// Key material could not be loaded or created.
     #[error(transparent)]
     Key(#[from] KeyFileError),
@@ -87,42 +84,42 @@ pub struct Keys {
 /// data directory is made private (0700, see [`secret::ensure_private_dir`]); every key file
 /// read must be private too ([`secret::check_private`]), and a token file must hold at least 16
 /// characters, as the flags and the environment must.
-pub fn load_keys(config: &Config) -> Result<Keys, KeyFileError> {
-    secret::ensure_private_dir(&config.data_dir)?;
-    let secret = match (&config.server_secret, &config.server_secret_file) {
-        (Some(hex), _) => parse_hex32(hex).ok_or(KeyFileError::EnvFormat {
-            name: "server_secret",
-        })?,
-        (None, Some(path)) => secret::read_key(path)?,
-        (None, None) => secret::read_or_create_key(&config.data_dir.join("server.secret"))?.0,
+pub fn load_keys(settings: &Settings) -> Result<Keys, KeyFileError> {
+    let data_dir = &settings.data_dir;
+    let secrets = &settings.secrets;
+    secret::ensure_private_dir(data_dir)?;
+    let secret = match (&secrets.server_secret, &secrets.server_secret_file) {
+        (Some(given), _) => given.key().clone(),
+        (None, Some(path)) => ServerSecret::from_bytes(secret::read_key(path)?),
+        (None, None) => {
+            ServerSecret::from_bytes(secret::read_or_create_key(&data_dir.join("server.secret"))?.0)
+        }
     };
-    let credential_key = match &config.credential_key_file {
+    let credential_key = match &secrets.credential_key_file {
         Some(path) => secret::read_key(path)?,
-        None => secret::read_or_create_key(&config.credential_key_path())?.0,
+        None => secret::read_or_create_key(&settings.credential_key_path())?.0,
     };
-    let previous_credential_key = match &config.previous_credential_key_file {
+    let previous_credential_key = match &secrets.previous_credential_key_file {
         Some(path) => Some(CredentialKey::from_bytes(secret::read_key(path)?)),
         None => None,
     };
-    let token = |setting: &Option<String>, file: &str| match setting {
-        Some(token) => Ok(token.trim().to_owned()),
-        None => secret::read_or_create_token(&config.data_dir.join(file)),
+    let token = |setting: &Option<Token>, file: &str| match setting {
+        Some(token) => Ok(token.expose().to_owned()),
+        None => secret::read_or_create_token(&data_dir.join(file)),
     };
     Ok(Keys {
-        secret: ServerSecret::from_bytes(secret),
+        secret,
         credential_key: CredentialKey::from_bytes(credential_key),
         previous_credential_key,
-        admin_token: token(&config.admin_token, "admin.token")?,
-        metrics_token: token(&config.metrics_token, "metrics.token")?,
+        admin_token: token(&secrets.admin_token, "admin.token")?,
+        metrics_token: token(&secrets.metrics_token, "metrics.token")?,
     })
 }
 
 /// A built service: listeners bound, not yet serving.
 pub struct Application {
-    public: TcpListener,
-    admin: TcpListener,
-    public_addr: SocketAddr,
-    admin_addr: SocketAddr,
+    public: Bound,
+    admin: Bound,
     state: SharedState,
     rotator: Rotator<MatchIndex>,
     /// The shared registry's follower, run with the service.
@@ -130,92 +127,43 @@ pub struct Application {
     limits: ConnectionLimits,
 }
 
+/// A bound listener and the address it really has (the port chosen when configured with 0).
+struct Bound {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Bound {
+    /// Binds `addr`.
+    async fn bind(addr: SocketAddr) -> Result<Self, StartupError> {
+        let bind_error = |source| StartupError::Bind { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        Ok(Self { listener, addr })
+    }
+}
+
 impl Application {
     /// Builds the service on the system clock.
-    pub async fn build(config: Config) -> Result<Self, StartupError> {
-        Self::build_with_clock(config, Clock::System).await
+    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        Self::build_with_clock(settings, Clock::System).await
     }
 
-    /// Builds the service on `clock` (tests move a manual clock across epochs).
-    pub async fn build_with_clock(config: Config, clock: Clock) -> Result<Self, StartupError> {
-        config.validate()?;
-        let keys = load_keys(&config)?;
-        let (registry, report) = Registry::open(&config.data_dir)?;
-        crate::safe_info!(
-            "registry opened",
-            snapshot_entries = report.snapshot_entries,
-            log_records = report.log_records,
-            truncated_bytes = report.truncated_bytes,
-        );
-        let registry = Arc::new(registry);
-        let metrics = Arc::new(Metrics::new()?);
-        registry.counts().export_to(&metrics);
-
-        let schedule =
-            EpochSchedule::new(NonZeroU64::new(config.epoch_seconds).ok_or_else(|| {
-                crate::server::config::ConfigError::Invalid("epoch_seconds".into())
-            })?);
+    /// Builds the service on `clock` (tests move a manual clock across epochs): loads the keys,
+    /// opens the registry, then assembles the state the handlers share, the rotator and the
+    /// listeners.
+    pub async fn build_with_clock(config: &Settings, clock: Clock) -> Result<Self, StartupError> {
+        let keys = load_keys(config)?;
+        let registry = open_registry(&config.data_dir)?;
+        let metrics = registry_metrics(&registry)?;
         let indexes = Arc::new(LiveIndexes::new(RotationPolicy::new(
-            schedule,
-            config.epoch_grace_seconds,
+            config.epochs.length.schedule(),
+            config.epochs.grace.as_secs(),
         )));
-        if config.insecure_no_auth {
-            crate::safe_warn!(
-                "INSECURE: --insecure-no-auth is set; anyone who can reach the public listener can query without a credential. Never use this in production.",
-                listen = config.listen,
-            );
-        }
-        let replica = match &config.registry_redis_url {
-            Some(url) => Some(
-                Replica::new(
-                    url,
-                    &keys.secret,
-                    Arc::clone(&registry),
-                    Arc::clone(&metrics),
-                    config.registry_snapshot_every,
-                )
-                .map_err(StartupError::Replication)?,
-            ),
-            None => {
-                metrics.replication.synced.set(1);
-                None
-            }
-        };
-        let local_limiter =
-            FingerprintLimiter::new(config.rate_limit_burst, config.rate_limit_refill_per_day)?;
-        let limiter = Arc::new(match &config.rate_limit_redis_url {
-            Some(url) => Limiter::Shared {
-                shared: Box::new(
-                    SharedLimiter::new(
-                        url,
-                        &keys.secret,
-                        config.rate_limit_burst,
-                        config.rate_limit_refill_per_day,
-                        metrics.rate_limit_fallbacks.clone(),
-                    )
-                    .map_err(StartupError::SharedRateLimit)?,
-                ),
-                fallback: local_limiter,
-            },
-            None => Limiter::Local(local_limiter),
-        });
-        let writer = match &replica {
-            Some(replica) => RegistryWriter::replicated(
-                Arc::clone(&registry),
-                Arc::clone(replica),
-                Arc::clone(&metrics),
-            ),
-            None => RegistryWriter::local(Arc::clone(&registry), Arc::clone(&metrics)),
-        };
-        let authenticator = if config.insecure_no_auth {
-            Authenticator::InsecureNoAuth
-        } else {
-            Authenticator::Credentials {
-                key: keys.credential_key.clone(),
-                previous: keys.previous_credential_key.clone(),
-                max_ttl_secs: config.max_credential_ttl_seconds,
-            }
-        };
+        warn_if_insecure(config);
+        let replica = start_replica(config, &keys, &registry, &metrics)?;
+        let limiter = Arc::new(limiter(config, &keys, &metrics)?);
+        let writer = registry_writer(&registry, replica.as_ref(), &metrics);
         let observe = Observe {
             metrics: Arc::clone(&metrics),
             log_client_ip: config.log_client_ip,
@@ -228,18 +176,20 @@ impl Application {
             config.ready_min_registrations,
         );
         let body_pace = BodyPace {
-            timeout: Duration::from_millis(config.body_read_timeout_ms),
-            min_bytes_per_sec: config.min_body_bytes_per_second,
+            timeout: config.limits.body_read_timeout,
+            min_bytes_per_sec: config.limits.min_body_bytes_per_second,
         };
         let public = PublicState::new(Public {
             indexes: Arc::clone(&indexes),
             secret: keys.secret.clone(),
-            authenticator,
-            user_in_flight: UserInFlight::new(config.max_in_flight_per_user),
+            authenticator: authenticator(config, &keys),
+            user_in_flight: UserInFlight::new(config.limits.max_in_flight_per_user),
             limiter: Arc::clone(&limiter),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.in_flight_permits(),
+            )),
             body_pace,
-            max_batch: config.max_batch,
+            max_batch: config.limits.max_batch.get(),
             metrics: Arc::clone(&metrics),
             clock: clock.clone(),
             observe: observe.clone(),
@@ -261,16 +211,6 @@ impl Application {
             readiness,
         });
         let state = Arc::new(AppState { public, admin });
-        let limits = ConnectionLimits {
-            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
-            write_timeout: Duration::from_millis(config.write_timeout_ms),
-            max_age: Duration::from_secs(config.max_connection_age_seconds),
-            max_requests: config.max_requests_per_connection,
-            max_connections: u32::try_from(config.max_connections).map_err(|_| {
-                crate::server::config::ConfigError::Invalid("max_connections is too large".into())
-            })?,
-            max_connections_per_address: config.max_connections_per_address,
-        };
         let rotator = Rotator {
             indexes,
             registry,
@@ -278,42 +218,24 @@ impl Application {
             clock,
             metrics,
         };
-
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartupError::Bind { addr, source })
-        };
-        let public = bind(config.listen).await?;
-        let admin = bind(config.admin_listen).await?;
-        let public_addr = public.local_addr().map_err(|source| StartupError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-        let admin_addr = admin.local_addr().map_err(|source| StartupError::Bind {
-            addr: config.admin_listen,
-            source,
-        })?;
         Ok(Self {
-            public,
-            admin,
-            public_addr,
-            admin_addr,
+            public: Bound::bind(config.listeners.listen).await?,
+            admin: Bound::bind(config.listeners.admin_listen).await?,
             state,
             rotator,
             replica,
-            limits,
+            limits: config.connections.limits(),
         })
     }
 
     /// The bound public address (the real port when configured with port 0).
     pub fn public_addr(&self) -> SocketAddr {
-        self.public_addr
+        self.public.addr
     }
 
     /// The bound admin address.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
+        self.admin.addr
     }
 
     /// The shared state (tests and the demo read from it).
@@ -351,14 +273,14 @@ impl Application {
 
         let cuts = self.state.public.metrics.connections_cut.clone();
         let public = connection::serve(
-            self.public,
+            self.public.listener,
             public_router(&self.state),
             self.limits,
             CutCounter::new(cuts.clone(), "public"),
             stop_rx.clone(),
         );
         let admin = connection::serve(
-            self.admin,
+            self.admin.listener,
             admin_router(&self.state),
             self.limits,
             CutCounter::new(cuts, "admin"),
@@ -375,6 +297,113 @@ impl Application {
         }
         crate::safe_info!("stopped");
         public.and(admin)
+    }
+}
+
+/// Opens the registry in `data_dir`, logging what was recovered.
+fn open_registry(data_dir: &Path) -> Result<Arc<Registry>, StartupError> {
+    let (registry, report) = Registry::open(data_dir)?;
+    crate::safe_info!(
+        "registry opened",
+        snapshot_entries = report.snapshot_entries,
+        log_records = report.log_records,
+        truncated_bytes = report.truncated_bytes,
+    );
+    Ok(Arc::new(registry))
+}
+
+/// The service's metrics, starting from the registry's counts.
+fn registry_metrics(registry: &Registry) -> Result<Arc<Metrics>, StartupError> {
+    let metrics = Arc::new(Metrics::new()?);
+    registry.counts().export_to(&metrics);
+    Ok(metrics)
+}
+
+/// Says loudly, at every start, that credentials are not checked.
+fn warn_if_insecure(settings: &Settings) {
+    if settings.auth.insecure_no_auth {
+        crate::safe_warn!(
+            "INSECURE: --insecure-no-auth is set; anyone who can reach the public listener can query without a credential. Never use this in production.",
+            listen = settings.listeners.listen,
+        );
+    }
+}
+
+/// The follower of the shared registry stream, when one is configured; a standalone registry
+/// is in sync by definition.
+fn start_replica(
+    settings: &Settings,
+    keys: &Keys,
+    registry: &Arc<Registry>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<Replica>>, StartupError> {
+    let replication = &settings.replication;
+    let Some(url) = &replication.registry_redis_url else {
+        metrics.replication.synced.set(1);
+        return Ok(None);
+    };
+    Replica::new(
+        url.expose(),
+        &keys.secret,
+        Arc::clone(registry),
+        Arc::clone(metrics),
+        replication.registry_snapshot_every.get(),
+    )
+    .map(Some)
+    .map_err(StartupError::Replication)
+}
+
+/// The per-user budget: shared by every replica through Redis when configured (this process's
+/// own as its fallback), else this process's own.
+fn limiter(settings: &Settings, keys: &Keys, metrics: &Metrics) -> Result<Limiter, StartupError> {
+    let limits = &settings.limits;
+    let local = FingerprintLimiter::new(
+        limits.rate_limit_burst.get(),
+        limits.rate_limit_refill_per_day.get(),
+    )?;
+    let Some(url) = &settings.replication.rate_limit_redis_url else {
+        return Ok(Limiter::Local(local));
+    };
+    let shared = SharedLimiter::new(
+        url.expose(),
+        &keys.secret,
+        limits.rate_limit_burst.get(),
+        limits.rate_limit_refill_per_day.get(),
+        metrics.rate_limit_fallbacks.clone(),
+    )
+    .map_err(StartupError::SharedRateLimit)?;
+    Ok(Limiter::Shared {
+        shared: Box::new(shared),
+        fallback: local,
+    })
+}
+
+/// Where registry changes go: through the shared stream when there is one, else to the local
+/// log.
+fn registry_writer(
+    registry: &Arc<Registry>,
+    replica: Option<&Arc<Replica>>,
+    metrics: &Arc<Metrics>,
+) -> RegistryWriter {
+    match replica {
+        Some(replica) => RegistryWriter::replicated(
+            Arc::clone(registry),
+            Arc::clone(replica),
+            Arc::clone(metrics),
+        ),
+        None => RegistryWriter::local(Arc::clone(registry), Arc::clone(metrics)),
+    }
+}
+
+/// How callers are identified: by credential, unless `--insecure-no-auth`.
+fn authenticator(settings: &Settings, keys: &Keys) -> Authenticator {
+    if settings.auth.insecure_no_auth {
+        return Authenticator::InsecureNoAuth;
+    }
+    Authenticator::Credentials {
+        key: keys.credential_key.clone(),
+        previous: keys.previous_credential_key.clone(),
+        max_ttl_secs: settings.auth.max_credential_ttl.as_secs(),
     }
 }
 

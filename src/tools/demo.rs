@@ -1,10 +1,12 @@
 //! `serve --demo`: a synthetic registry on first start and a request to paste.
 
+use std::path::Path;
+
 use crate::client::addressbook::{read_csv, read_vcard};
 use crate::client::normalise::{Normaliser, normalise_book};
 use crate::domain::{E164, Fingerprint, UserId};
 use crate::server::api::codec::{Format, encode_request};
-use crate::server::config::Config;
+use crate::server::config::Settings;
 use crate::server::startup::{Application, load_keys};
 use crate::store::registry::{Registry, RegistryError, Visibility};
 use crate::tools::generate;
@@ -35,8 +37,8 @@ pub fn registered_example_numbers() -> Vec<E164> {
 
 /// Seeds the registry with synthetic numbers, plus every other number of the example address
 /// books, if it is empty.
-pub fn seed_if_empty(config: &Config) -> Result<(), RegistryError> {
-    let (registry, _) = Registry::open(&config.data_dir)?;
+pub fn seed_if_empty(data_dir: &Path) -> Result<(), RegistryError> {
+    let (registry, _) = Registry::open(data_dir)?;
     let counts = registry.counts();
     if counts.discoverable + counts.hidden > 0 {
         return Ok(());
@@ -52,7 +54,7 @@ pub fn seed_if_empty(config: &Config) -> Result<(), RegistryError> {
 }
 
 /// Prints a credential and a `curl` request mixing registered and unregistered numbers.
-pub fn print_instructions(config: &Config, app: &Application) {
+pub fn print_instructions(settings: &Settings, app: &Application) {
     let state = app.state();
     let now = state.public.clock.now_secs();
     let epoch = state.public.indexes.policy().schedule.epoch_at(now);
@@ -72,8 +74,8 @@ pub fn print_instructions(config: &Config, app: &Application) {
     let body =
         String::from_utf8(encode_request(Format::Json, epoch.0, &fingerprints)).unwrap_or_default();
     let token = match (
-        config.insecure_no_auth,
-        load_keys(config),
+        settings.auth.insecure_no_auth,
+        load_keys(settings),
         UserId::parse("demo-user"),
     ) {
         (false, Ok(keys), Ok(user)) => Some(keys.credential_key.mint(&user, now + 86_400)),

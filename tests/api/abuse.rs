@@ -3,6 +3,7 @@
 //! requests that cost nothing, and requests hyper itself cannot parse.
 
 use std::net::SocketAddr;
+use std::num::NonZero;
 use std::time::{Duration, Instant};
 
 use contact_discovery::server::api::codec::{self, Format};
@@ -55,10 +56,10 @@ async fn answered_within(addr: SocketAddr, within: Duration) -> bool {
 #[tokio::test]
 async fn clients_that_never_read_their_answers_are_cut_off_and_others_are_served() {
     let app = spawn_app_with(|c| {
-        c.max_connections = 3;
-        c.write_timeout_ms = 500;
+        c.connections.max_connections = NonZero::new(3).unwrap();
+        c.connections.write_timeout = Duration::from_millis(500);
         // The request cap would also end these connections; the write deadline is tested here.
-        c.max_requests_per_connection = u32::MAX;
+        c.connections.max_requests_per_connection = NonZero::new(u32::MAX).unwrap();
     })
     .await;
     // Three connections pipeline 40,000 requests each and read nothing: every connection slot.
@@ -98,7 +99,7 @@ async fn clients_that_never_read_their_answers_are_cut_off_and_others_are_served
 
 #[tokio::test]
 async fn one_address_gets_at_most_its_share_of_connections() {
-    let app = spawn_app_with(|c| c.max_connections_per_address = 2).await;
+    let app = spawn_app_with(|c| c.connections.max_connections_per_address = 2).await;
     // Two idle connections from 127.0.0.1 are held (until the header read timeout)...
     let _held = [connect(app.public).await, connect(app.public).await];
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -133,7 +134,9 @@ async fn one_address_gets_at_most_its_share_of_connections() {
 
 #[tokio::test]
 async fn a_connection_serves_a_bounded_number_of_requests() {
-    let app = spawn_app_with(|c| c.max_requests_per_connection = 3).await;
+    let app =
+        spawn_app_with(|c| c.connections.max_requests_per_connection = NonZero::new(3).unwrap())
+            .await;
     // Pipelined: the third answer says `connection: close` and nothing after it is served.
     let mut stream = connect(app.public).await;
     let one = "GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
@@ -148,7 +151,7 @@ async fn a_connection_serves_a_bounded_number_of_requests() {
 
 #[tokio::test]
 async fn a_connection_lives_a_bounded_time() {
-    let app = spawn_app_with(|c| c.max_connection_age_seconds = 1).await;
+    let app = spawn_app_with(|c| c.connections.max_connection_age = Duration::from_secs(1)).await;
     let one = "GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
     // A connection that keeps asking is closed once it is a second old.
     let mut stream = connect(app.public).await;
@@ -216,10 +219,10 @@ async fn requests_hyper_cannot_parse_get_the_apis_json_errors() {
 #[tokio::test]
 async fn one_credential_cannot_hold_every_in_flight_slot() {
     let app = spawn_app_with(|c| {
-        c.max_in_flight = 2;
-        c.max_in_flight_per_user = 1;
-        c.max_batch = 1_000;
-        c.rate_limit_burst = 1_000;
+        c.limits.max_in_flight = NonZero::new(2).unwrap();
+        c.limits.max_in_flight_per_user = 1;
+        c.limits.max_batch = NonZero::new(1_000).unwrap();
+        c.limits.rate_limit_burst = NonZero::new(1_000).unwrap();
     })
     .await;
     app.change(&[REGISTERED], &[], &[]).await;
@@ -276,9 +279,9 @@ async fn one_credential_cannot_hold_every_in_flight_slot() {
 #[tokio::test]
 async fn every_request_costs_at_least_one_and_a_spent_budget_is_refused_before_the_body() {
     let app = spawn_app_with(|c| {
-        c.max_batch = 5;
-        c.rate_limit_burst = 5;
-        c.rate_limit_refill_per_day = 1;
+        c.limits.max_batch = NonZero::new(5).unwrap();
+        c.limits.rate_limit_burst = NonZero::new(5).unwrap();
+        c.limits.rate_limit_refill_per_day = NonZero::new(1).unwrap();
     })
     .await;
     let (epoch, _) = app.epoch().await;

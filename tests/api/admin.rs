@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use contact_discovery::server::api::codec::Format;
+use contact_discovery::server::config::EpochLength;
 use serde_json::json;
 
 use crate::helpers::{
@@ -417,7 +418,7 @@ async fn metrics_need_the_metrics_or_admin_token_and_are_prometheus_text() {
 
 #[tokio::test]
 async fn metrics_move_with_requests_and_changes() {
-    let app = spawn_app_with(|c| c.epoch_seconds = 60).await;
+    let app = spawn_app_with(|c| c.epochs.length = EpochLength::try_from(60).unwrap()).await;
     let key = |name: &str| format!("contact_discovery_{name}");
     let discover_200 = r#"contact_discovery_http_requests_total{listener="public",route="/v1/discover",status="200"}"#;
     let discover_410 = r#"contact_discovery_http_requests_total{listener="public",route="/v1/discover",status="410"}"#;

@@ -135,7 +135,7 @@ async fn the_previous_credential_key_is_accepted_during_a_rotation() {
     )
     .unwrap();
     let old = CredentialKey::from_bytes([0x17; 32]);
-    let app = spawn_app_with(|c| c.previous_credential_key_file = Some(old_file)).await;
+    let app = spawn_app_with(|c| c.secrets.previous_credential_key_file = Some(old_file)).await;
     app.change(&[REGISTERED], &[], &[]).await;
     let now = app.clock.now_secs();
     let by_old = old.mint(&user("alice"), now + 3_600);
@@ -155,7 +155,7 @@ async fn the_previous_credential_key_is_accepted_during_a_rotation() {
 
 #[tokio::test]
 async fn credential_living_longer_than_the_maximum_is_401_invalid_credential() {
-    let app = spawn_app_with(|c| c.max_credential_ttl_seconds = 600).await;
+    let app = spawn_app_with(|c| c.auth.max_credential_ttl = Duration::from_secs(600)).await;
     app.change(&[REGISTERED], &[], &[]).await;
     let now = app.clock.now_secs();
     for expiry in [now + 601, now + 86_400, u64::MAX] {

@@ -1,5 +1,6 @@
 //! The library `Client` against the real server: batching, epoch change mid-run, 429 waited out.
 
+use std::num::NonZero;
 use std::time::Duration;
 
 use contact_discovery::client::{Client, ClientConfig, ClientError};
@@ -43,7 +44,7 @@ fn client(app: &TestApp, format: Format) -> Client {
 
 #[tokio::test]
 async fn large_address_books_are_split_into_batches() {
-    let (app, _dir) = app_with(|c| c.max_batch = 1_000).await;
+    let (app, _dir) = app_with(|c| c.limits.max_batch = NonZero::new(1_000).unwrap()).await;
     let numbers = generate::numbers(25_000, 11);
     let expected = register_half(&app, &numbers).await;
     for format in [Format::Binary, Format::Json] {
@@ -62,7 +63,7 @@ async fn large_address_books_are_split_into_batches() {
 // built the new epoch's index, so the next request meets a ready server with a new epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_epoch_change_in_the_middle_of_a_run_is_absorbed() {
-    let (app, _dir) = app_with(|c| c.max_batch = 1_000).await;
+    let (app, _dir) = app_with(|c| c.limits.max_batch = NonZero::new(1_000).unwrap()).await;
     let numbers = generate::numbers(10_000, 12);
     let expected = register_half(&app, &numbers).await;
     // The credential must outlive the jump of two epochs.
@@ -103,9 +104,9 @@ async fn an_epoch_change_in_the_middle_of_a_run_is_absorbed() {
 async fn a_rate_limit_is_waited_out() {
     // 1,000 fingerprints at once, refilled at 1,000 per second.
     let (app, _dir) = app_with(|c| {
-        c.max_batch = 1_000;
-        c.rate_limit_burst = 1_000;
-        c.rate_limit_refill_per_day = 86_400_000;
+        c.limits.max_batch = NonZero::new(1_000).unwrap();
+        c.limits.rate_limit_burst = NonZero::new(1_000).unwrap();
+        c.limits.rate_limit_refill_per_day = NonZero::new(86_400_000).unwrap();
     })
     .await;
     let numbers = generate::numbers(2_500, 13);
@@ -121,9 +122,9 @@ async fn a_rate_limit_is_waited_out() {
 #[tokio::test]
 async fn a_rate_limit_longer_than_allowed_is_an_error() {
     let (app, _dir) = app_with(|c| {
-        c.max_batch = 100;
-        c.rate_limit_burst = 100;
-        c.rate_limit_refill_per_day = 1;
+        c.limits.max_batch = NonZero::new(100).unwrap();
+        c.limits.rate_limit_burst = NonZero::new(100).unwrap();
+        c.limits.rate_limit_refill_per_day = NonZero::new(1).unwrap();
     })
     .await;
     let numbers = generate::numbers(300, 14);
@@ -162,7 +163,7 @@ async fn refusals_carry_the_server_code() {
 async fn an_address_book_of_25000_contacts_is_discovered_in_batches() {
     use contact_discovery::commands::{DiscoverArgs, discover};
 
-    let (app, dir) = app_with(|c| c.max_batch = 1_000).await;
+    let (app, dir) = app_with(|c| c.limits.max_batch = NonZero::new(1_000).unwrap()).await;
     let numbers = generate::numbers(25_000, 21);
     let expected = register_half(&app, &numbers).await;
     // A Google Contacts export, one contact per number.

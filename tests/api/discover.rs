@@ -1,9 +1,12 @@
 //! The public API's happy paths: `/v1/epoch`, both encodings of `/v1/discover`, health.
 
+use std::num::NonZero;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use contact_discovery::domain::Fingerprint;
 use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::server::config::EpochLength;
 
 use crate::helpers::{T0, fingerprints, registered_indices, spawn_app, spawn_app_with};
 
@@ -44,7 +47,7 @@ async fn epoch_endpoint_describes_the_current_epoch() {
 
 #[tokio::test]
 async fn epoch_number_is_unix_seconds_divided_by_epoch_length() {
-    let app = spawn_app_with(|c| c.epoch_seconds = 60).await;
+    let app = spawn_app_with(|c| c.epochs.length = EpochLength::try_from(60).unwrap()).await;
     for offset in [0, 59, 60, 1_000, 86_399] {
         app.clock.set_secs(T0 + offset);
         let info = app.epoch_info().await;
@@ -181,7 +184,7 @@ async fn empty_batch_is_answered_in_both_encodings() {
 
 #[tokio::test]
 async fn a_batch_of_exactly_max_batch_is_accepted() {
-    let app = spawn_app_with(|c| c.max_batch = 100).await;
+    let app = spawn_app_with(|c| c.limits.max_batch = NonZero::new(100).unwrap()).await;
     app.change(&REGISTERED, &[], &[]).await;
     let (epoch, salt) = app.epoch().await;
     let mut fps: Vec<Fingerprint> = (0..100u64)

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use contact_discovery::domain::{Epoch, Salt};
 use contact_discovery::server::api::codec::Format;
+use contact_discovery::server::config::EpochLength;
 
 use crate::helpers::{
     T0, TestApp, assert_error, decode_salt, epoch_at, fingerprints, registered_indices, spawn_app,
@@ -75,8 +76,8 @@ async fn previous_epoch_is_answered_during_grace_then_refused() {
 #[tokio::test]
 async fn grace_follows_epoch_grace_seconds() {
     let app = spawn_app_with(|c| {
-        c.epoch_seconds = 60;
-        c.epoch_grace_seconds = 10;
+        c.epochs.length = EpochLength::try_from(60).unwrap();
+        c.epochs.grace = Duration::from_secs(10);
     })
     .await;
     app.change(&REGISTERED, &[], &[]).await;
@@ -132,7 +133,7 @@ async fn next_epoch_is_built_ahead_and_answered_once_built() {
 
 #[tokio::test]
 async fn next_epoch_lead_is_a_quarter_of_a_short_epoch() {
-    let app = spawn_app_with(|c| c.epoch_seconds = 60).await;
+    let app = spawn_app_with(|c| c.epochs.length = EpochLength::try_from(60).unwrap()).await;
     app.change(&REGISTERED, &[], &[]).await;
     let e = epoch_at(&app).0;
     let salt_next = app.state.public.secret.salt(Epoch(e + 1));
@@ -150,7 +151,7 @@ async fn next_epoch_lead_is_a_quarter_of_a_short_epoch() {
 
 #[tokio::test]
 async fn short_epochs_rotate_twice_with_new_salts_and_old_salts_expire() {
-    let app = spawn_app_with(|c| c.epoch_seconds = 60).await;
+    let app = spawn_app_with(|c| c.epochs.length = EpochLength::try_from(60).unwrap()).await;
     assert_eq!(
         app.state.public.indexes.policy().grace_secs,
         60,
@@ -202,7 +203,7 @@ async fn short_epochs_rotate_twice_with_new_salts_and_old_salts_expire() {
 
 #[tokio::test]
 async fn epoch_info_and_410_follow_the_clock() {
-    let app = spawn_app_with(|c| c.epoch_seconds = 60).await;
+    let app = spawn_app_with(|c| c.epochs.length = EpochLength::try_from(60).unwrap()).await;
     app.clock.set_secs(T0 + 600);
     app.wait_for_epochs(&[(T0 + 600) / 60]).await;
     let info = app.epoch_info().await;

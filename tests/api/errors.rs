@@ -1,6 +1,8 @@
 //! The error contract of `/v1/discover` and the routers: status, stable code, JSON body, no
 //! echo of uploaded fingerprints, no 500 for client input, and the service keeps answering.
 
+use std::num::NonZero;
+
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use contact_discovery::domain::Fingerprint;
@@ -310,7 +312,7 @@ async fn client_retrying_with_the_salt_from_a_410_gets_a_correct_answer() {
 
 #[tokio::test]
 async fn more_than_max_batch_is_413_batch_too_large_in_both_encodings() {
-    let app = app_with_one_number(|c| c.max_batch = 100).await;
+    let app = app_with_one_number(|c| c.limits.max_batch = NonZero::new(100).unwrap()).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
     let credential = app.credential("alice");
     let batch = vec![fp; 101];
@@ -329,7 +331,7 @@ async fn more_than_max_batch_is_413_batch_too_large_in_both_encodings() {
 
 #[tokio::test]
 async fn body_over_the_limit_is_413_body_too_large() {
-    let app = app_with_one_number(|c| c.max_batch = 100).await;
+    let app = app_with_one_number(|c| c.limits.max_batch = NonZero::new(100).unwrap()).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
     let credential = app.credential("alice");
     // Binary limit is 8 + 8 * 101 bytes; JSON allows 32 bytes a fingerprint plus 1 KiB.
@@ -374,7 +376,7 @@ async fn declared_content_length_far_beyond_the_limit_is_413_before_reading() {
 
 #[tokio::test]
 async fn chunked_body_over_the_limit_is_413_body_too_large() {
-    let app = app_with_one_number(|c| c.max_batch = 100).await;
+    let app = app_with_one_number(|c| c.limits.max_batch = NonZero::new(100).unwrap()).await;
     let credential = app.credential("alice");
     let mut request = format!(
         "POST /v1/discover HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {credential}\r\n\
@@ -489,7 +491,7 @@ async fn wrong_method_is_405_method_not_allowed_on_both_listeners() {
 
 #[tokio::test]
 async fn arbitrary_bodies_never_get_a_500_and_the_service_keeps_answering() {
-    let app = app_with_one_number(|c| c.max_batch = 64).await;
+    let app = app_with_one_number(|c| c.limits.max_batch = NonZero::new(64).unwrap()).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
     let good_json = codec::encode_request(Format::Json, epoch, &[fp, fp]);
     let good_binary = codec::encode_request(Format::Binary, epoch, &[fp, fp]);
@@ -535,7 +537,7 @@ async fn arbitrary_bodies_never_get_a_500_and_the_service_keeps_answering() {
 
 #[tokio::test]
 async fn every_response_on_both_listeners_carries_cache_control_no_store() {
-    let app = app_with_one_number(|c| c.max_batch = 100).await;
+    let app = app_with_one_number(|c| c.limits.max_batch = NonZero::new(100).unwrap()).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
     let credential = app.credential("alice");
     let good = codec::encode_request(Format::Binary, epoch, &[fp]);

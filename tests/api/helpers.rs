@@ -8,7 +8,7 @@ use contact_discovery::clock::Clock;
 use contact_discovery::domain::{CredentialKey, E164, Epoch, Fingerprint, Salt, UserId};
 use contact_discovery::server::api::SharedState;
 use contact_discovery::server::api::codec::{self, Format};
-use contact_discovery::server::config::Config;
+use contact_discovery::server::config::{Config, Settings};
 use contact_discovery::server::startup::{Application, load_keys};
 use tokio::sync::oneshot;
 
@@ -36,15 +36,16 @@ pub struct TestApp {
 
 /// Settings a test may change before the app starts.
 pub fn test_config(data_dir: PathBuf) -> Config {
-    Config {
+    let mut config = Config {
         data_dir,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_token: Some(ADMIN_TOKEN.to_owned()),
-        metrics_token: Some(METRICS_TOKEN.to_owned()),
-        epoch_seconds: 86_400,
         ..Config::default()
-    }
+    };
+    config.listeners.listen = "127.0.0.1:0".parse().unwrap();
+    config.listeners.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.secrets.admin_token = Some(ADMIN_TOKEN.parse().unwrap());
+    config.secrets.metrics_token = Some(METRICS_TOKEN.parse().unwrap());
+    config.epochs.length = 86_400.try_into().unwrap();
+    config
 }
 
 /// Starts the service with defaults suitable for tests, on a manual clock at `T0`.
@@ -64,11 +65,12 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
 
 /// Starts the service with exactly `config` and `clock` (for restarts on the same data dir).
 pub async fn start(config: Config, clock: Clock) -> TestApp {
-    let app = Application::build_with_clock(config.clone(), clock.clone())
+    let settings = Settings::try_from(config.clone()).expect("test config is valid");
+    let app = Application::build_with_clock(&settings, clock.clone())
         .await
         .expect("app builds");
     app.warm_up().await;
-    let keys = load_keys(&config).unwrap();
+    let keys = load_keys(&settings).unwrap();
     let (public, admin, state) = (app.public_addr(), app.admin_addr(), app.state());
     let (tx, rx) = oneshot::channel::<()>();
     let done = tokio::spawn(app.run_until_stopped(async move {
@@ -236,7 +238,7 @@ pub fn decode_salt(text: &str) -> Salt {
 
 /// The epoch containing the app clock's now, for `epoch_seconds`.
 pub fn epoch_at(app: &TestApp) -> Epoch {
-    Epoch(app.clock.now_secs() / app.config.epoch_seconds)
+    Epoch(app.clock.now_secs() / app.config.epochs.length.secs().get())
 }
 
 // ---------------------------------------------------------------------------------------------

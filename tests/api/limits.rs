@@ -2,6 +2,7 @@
 //! timeout, the connection cap and load shedding. Small limits come from the test config.
 
 use std::net::SocketAddr;
+use std::num::NonZero;
 use std::time::{Duration, Instant};
 
 use contact_discovery::server::api::codec::{self, Format};
@@ -86,7 +87,8 @@ pub(crate) async fn connect(addr: SocketAddr) -> TcpStream {
 
 #[tokio::test]
 async fn a_slowloris_client_sending_headers_byte_by_byte_is_disconnected() {
-    let app = spawn_app_with(|c| c.header_read_timeout_ms = 400).await;
+    let app =
+        spawn_app_with(|c| c.connections.header_read_timeout = Duration::from_millis(400)).await;
     app.change(&[REGISTERED], &[], &[]).await;
     let mut stream = connect(app.public).await;
     let started = Instant::now();
@@ -128,7 +130,7 @@ async fn a_slowloris_client_sending_headers_byte_by_byte_is_disconnected() {
 
 #[tokio::test]
 async fn a_stalled_body_gets_408_body_timeout_and_the_service_keeps_answering() {
-    let app = spawn_app_with(|c| c.body_read_timeout_ms = 400).await;
+    let app = spawn_app_with(|c| c.limits.body_read_timeout = Duration::from_millis(400)).await;
     app.change(&[REGISTERED], &[], &[]).await;
     let body = good_body(&app).await;
     let mut stream = connect(app.public).await;
@@ -168,7 +170,7 @@ async fn a_stalled_body_gets_408_body_timeout_and_the_service_keeps_answering() 
 
 #[tokio::test]
 async fn connections_beyond_the_cap_wait_until_a_served_one_closes() {
-    let app = spawn_app_with(|c| c.max_connections = 2).await;
+    let app = spawn_app_with(|c| c.connections.max_connections = NonZero::new(2).unwrap()).await;
     app.change(&[REGISTERED], &[], &[]).await;
     let get = format!("GET /v1/epoch HTTP/1.1\r\nhost: {}\r\n\r\n", app.public);
     // Two keep-alive connections are served and stay open.
@@ -202,9 +204,9 @@ async fn connections_beyond_the_cap_wait_until_a_served_one_closes() {
 #[tokio::test]
 async fn requests_beyond_the_in_flight_cap_are_shed_with_503_and_retry_after() {
     let app = spawn_app_with(|c| {
-        c.max_in_flight = 2;
+        c.limits.max_in_flight = NonZero::new(2).unwrap();
         // The held bodies stall on purpose; the minimum body rate is tested in abuse.rs.
-        c.min_body_bytes_per_second = 0;
+        c.limits.min_body_bytes_per_second = 0;
     })
     .await;
     app.change(&[REGISTERED], &[], &[]).await;

@@ -38,7 +38,8 @@ fn args(server: String, data_dir: std::path::PathBuf) -> LoadgenArgs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_gets_real_answers_and_follows_an_epoch_change() {
     // Credentials are minted on the system clock; the app runs on a manual one.
-    let app = spawn_app_with(|c| c.max_credential_ttl_seconds = u64::MAX / 4).await;
+    let app =
+        spawn_app_with(|c| c.auth.max_credential_ttl = Duration::from_secs(u64::MAX / 4)).await;
     let numbers: Vec<String> = generate::numbers(300, 1)
         .iter()
         .map(|n| n.to_string())

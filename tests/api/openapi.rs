@@ -3,6 +3,8 @@
 //! (with the status the spec lists for it), and every `ApiError` code appears in the spec.
 
 use std::collections::BTreeSet;
+use std::num::NonZero;
+use std::time::Duration;
 
 use contact_discovery::domain::UserId;
 use contact_discovery::server::api::ApiError;
@@ -195,11 +197,11 @@ async fn crafted(app: &TestApp, method: &str, path: &str, code: &str) -> Option<
             send(app, method, path, &[user("old"), binary()], body).await
         }
         ("/v1/discover", "batch_too_large") => {
-            let n = app.config.max_batch + 1;
+            let n = app.config.limits.max_batch.get() + 1;
             send(app, method, path, &[user("big"), binary()], good(n)).await
         }
         ("/v1/discover", "body_too_large") => {
-            let n = app.config.max_batch * 3;
+            let n = app.config.limits.max_batch.get() * 3;
             send(app, method, path, &[user("huge"), binary()], good(n)).await
         }
         ("/v1/discover", "unsupported_content_type") => {
@@ -212,9 +214,9 @@ async fn crafted(app: &TestApp, method: &str, path: &str, code: &str) -> Option<
             send(app, method, path, &[user("short"), binary()], body).await
         }
         ("/v1/discover", "rate_limited") => {
-            let n = app.config.max_batch;
+            let n = app.config.limits.max_batch.get();
             let mut last = None;
-            for _ in 0..=(app.config.rate_limit_burst as usize / n) {
+            for _ in 0..=(app.config.limits.rate_limit_burst.get() as usize / n) {
                 last = Some(send(app, method, path, &[user("greedy"), binary()], good(n)).await);
             }
             last.unwrap()
@@ -284,9 +286,9 @@ async fn crafted(app: &TestApp, method: &str, path: &str, code: &str) -> Option<
 #[tokio::test]
 async fn every_documented_route_exists_and_produces_its_documented_error_codes() {
     let app = spawn_app_with(|c| {
-        c.max_batch = 4;
-        c.rate_limit_burst = 8;
-        c.body_read_timeout_ms = 300;
+        c.limits.max_batch = NonZero::new(4).unwrap();
+        c.limits.rate_limit_burst = NonZero::new(8).unwrap();
+        c.limits.body_read_timeout = Duration::from_millis(300);
     })
     .await;
     app.change(&[REGISTERED], &[], &[]).await;

@@ -1,6 +1,8 @@
 //! The per-user fingerprint budget: 429 with Retry-After, per user, spent by lookups and by
 //! refused bodies.
 
+use std::num::NonZero;
+
 use contact_discovery::domain::Fingerprint;
 use contact_discovery::server::api::codec::{self, Format};
 
@@ -15,9 +17,9 @@ const REGISTERED: &str = "+4915112345678";
 /// An app where each user may look up `BURST` fingerprints, refilled one a day.
 async fn limited_app() -> TestApp {
     let app = spawn_app_with(|c| {
-        c.rate_limit_burst = BURST as u32;
-        c.rate_limit_refill_per_day = 1;
-        c.max_batch = BURST;
+        c.limits.rate_limit_burst = NonZero::new(BURST as u32).unwrap();
+        c.limits.rate_limit_refill_per_day = NonZero::new(1).unwrap();
+        c.limits.max_batch = NonZero::new(BURST).unwrap();
     })
     .await;
     app.change(&[REGISTERED], &[], &[]).await;

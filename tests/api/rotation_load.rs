@@ -2,6 +2,7 @@
 //! refetches the salt on 410) run discovery loops while the manual clock crosses two rotations
 //! of a 60 s epoch. Every call must succeed with the right answers.
 
+use std::num::NonZero;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,6 +11,7 @@ use contact_discovery::client::{Client, ClientConfig};
 use contact_discovery::clock::Clock;
 use contact_discovery::domain::E164;
 use contact_discovery::server::api::codec::Format;
+use contact_discovery::server::config::EpochLength;
 use contact_discovery::store::registry::Op;
 use contact_discovery::tools::generate;
 
@@ -24,10 +26,10 @@ const CLIENTS: usize = 6;
 async fn clients_following_the_protocol_see_no_failures_across_two_rotations() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path().to_path_buf());
-    config.epoch_seconds = 60;
-    config.max_batch = 250;
-    config.rate_limit_burst = 1_000_000_000;
-    config.rate_limit_refill_per_day = 1_000_000_000;
+    config.epochs.length = EpochLength::try_from(60).unwrap();
+    config.limits.max_batch = NonZero::new(250).unwrap();
+    config.limits.rate_limit_burst = NonZero::new(1_000_000_000).unwrap();
+    config.limits.rate_limit_refill_per_day = NonZero::new(1_000_000_000).unwrap();
     let app = start(config, Clock::manual(FUTURE)).await;
 
     let numbers = generate::numbers(4_000, 5);
