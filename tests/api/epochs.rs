@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use contact_discovery::domain::{Epoch, Salt};
-use contact_discovery::server::api::codec::Format;
+use contact_discovery::protocol::Format;
 
 use crate::helpers::{
     T0, TestApp, assert_error, decode_salt, epoch_at, fingerprints, registered_indices, spawn_app,

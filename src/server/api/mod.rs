@@ -3,7 +3,6 @@
 
 pub mod admin;
 pub mod body;
-pub mod codec;
 pub mod error;
 pub mod overload;
 pub mod public;
@@ -16,7 +15,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-pub use error::{ApiError, EpochInfo};
+pub use error::ApiError;
 
 impl crate::log_safe::LogSafe for axum::http::StatusCode {}
 
