@@ -193,3 +193,32 @@ fn the_checker_sees_grouped_and_nested_imports() {
     let found: Vec<String> = imports(text, 2).into_iter().map(|p| p.join("::")).collect();
     assert_eq!(found, ["domain", "server::api", "store::registry"]);
 }
+
+/// `protocol` is the wire without HTTP: it names no web framework or HTTP client, so what it
+/// defines is the same for the server, the client and any other transport (scripts/test.sh
+/// checks the client build's dependency tree as well).
+#[test]
+fn protocol_names_no_http_crate() {
+    const HTTP_CRATES: &[&str] = &[
+        "axum::",
+        "hyper::",
+        "hyper_util::",
+        "http::",
+        "http_body_util::",
+        "tower::",
+        "tower_http::",
+        "reqwest::",
+    ];
+    let mut offences = Vec::new();
+    for (module, text) in sources() {
+        if module.first().is_none_or(|top| top != "protocol") {
+            continue;
+        }
+        for name in HTTP_CRATES {
+            if text.contains(name) {
+                offences.push(format!("{} names {name}", module.join("::")));
+            }
+        }
+    }
+    assert!(offences.is_empty(), "HTTP in protocol: {offences:#?}");
+}

@@ -121,9 +121,8 @@ impl Client {
         Ok(info)
     }
 
-    /// Fetches the epoch object without remembering it (the load generator's view: it keeps
-    /// its own prepared bodies per epoch).
-    pub async fn request_epoch(&self) -> Result<EpochInfo, ClientError> {
+    /// Fetches the epoch object.
+    async fn request_epoch(&self) -> Result<EpochInfo, ClientError> {
         let response = self
             .http
             .get(format!("{}/v1/epoch", self.config.server))
