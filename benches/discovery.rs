@@ -16,7 +16,7 @@ use axum::body::Body;
 use axum::http::Request;
 use contact_discovery::clock::Clock;
 use contact_discovery::domain::{Epoch, Fingerprint, Salt, UserId};
-use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::protocol::{self, Format};
 use contact_discovery::server::config::{Config, Settings};
 use contact_discovery::server::startup::{Application, load_keys, public_router};
 use contact_discovery::store::index::MatchIndex;
@@ -157,13 +157,13 @@ fn codecs(c: &mut Criterion) {
     let mut group = c.benchmark_group("codec");
     group.throughput(Throughput::Elements(BATCH as u64));
     for format in [Format::Binary, Format::Json] {
-        let body = codec::encode_request(format, 9, &fps);
+        let body = protocol::encode_request(format, 9, &fps);
         let name = format!("{format:?}").to_lowercase();
         group.bench_function(format!("decode_request/{name}"), |b| {
-            b.iter(|| codec::decode(format, black_box(&body), BATCH).map(|r| r.epoch));
+            b.iter(|| protocol::decode_request(format, black_box(&body), BATCH).map(|r| r.epoch));
         });
         group.bench_function(format!("encode_response/{name}"), |b| {
-            b.iter(|| codec::encode(format, 9, BATCH, black_box(&bitmap)));
+            b.iter(|| protocol::encode_answer(format, 9, BATCH, black_box(&bitmap)));
         });
     }
     group.finish();
@@ -228,7 +228,7 @@ fn whole_request(c: &mut Criterion) {
     let mut group = c.benchmark_group("request");
     group.throughput(Throughput::Elements(BATCH as u64));
     for format in [Format::Binary, Format::Json] {
-        let body = codec::encode_request(format, epoch.0, &fps);
+        let body = protocol::encode_request(format, epoch.0, &fps);
         let name = format!("{format:?}").to_lowercase();
         group.bench_function(format!("discover/{name}"), |b| {
             b.iter(|| {

@@ -15,6 +15,19 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets --all-features -- -D warnings
+# The client library builds without the server stack: `protocol` and `client` compile with the
+# server code compiled out (so neither can import it); the dependency tree holds no axum, Redis
+# or Prometheus, and hyper only as reqwest's HTTP client (its `server` features never enabled).
+cargo check --locked --lib --no-default-features --features client
+client_build=(--locked --no-default-features --features client --prefix none)
+server_crates=$(cargo tree "${client_build[@]}" -e normal | grep -E '^(axum|redis|prometheus) ' || true)
+hyper_server=$(cargo tree "${client_build[@]}" -e normal,features -i hyper -i hyper-util |
+    grep -E '^hyper(-util)? feature "server' || true)
+if [ -n "$server_crates$hyper_server" ]; then
+    echo "the client build pulls in the server stack:" >&2
+    printf '%s\n%s\n' "$server_crates" "$hyper_server" | sort -u | grep . >&2
+    exit 1
+fi
 cargo test --locked --all-targets --features test-hooks
 cargo test --locked --doc --features test-hooks
 # The Kubernetes manifests against the API schemas (kubernetes-validate from PyPI).

@@ -207,7 +207,7 @@ pub struct DiscoverArgs {
     /// Region for national-format numbers, e.g. `DE`.
     pub region: Option<String>,
     /// Request encoding.
-    pub format: crate::server::api::codec::Format,
+    pub format: crate::protocol::Format,
     /// Print JSON instead of text.
     pub json: bool,
     /// Per-request timeout.

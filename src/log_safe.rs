@@ -24,6 +24,7 @@ log_safe!(std::net::SocketAddr, std::net::IpAddr);
 
 impl LogSafe for &'static str {}
 impl LogSafe for std::io::Error {}
+#[cfg(feature = "client")]
 impl LogSafe for tokio::task::JoinError {}
 impl<T: LogSafe + ?Sized> LogSafe for &T {}
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use contact_discovery::commands;
-use contact_discovery::server::api::codec::Format;
+use contact_discovery::protocol::Format;
 use contact_discovery::server::config::{DEFAULT_DATA_DIR, ServeArgs};
 
 mod wipe_alloc;
@@ -107,17 +107,11 @@ enum Command {
         json: bool,
         /// Request encoding.
         #[arg(long, value_enum, default_value = "binary")]
-        encoding: Encoding,
+        encoding: Format,
         /// Timeout per request, e.g. 30s.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Encoding {
-    Binary,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -186,10 +180,7 @@ fn main() -> ExitCode {
             credential,
             contacts,
             region,
-            format: match encoding {
-                Encoding::Binary => Format::Binary,
-                Encoding::Json => Format::Json,
-            },
+            format: encoding,
             json,
             timeout,
         }),

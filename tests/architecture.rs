@@ -229,3 +229,32 @@ fn no_public_handler_sees_admin_state() {
     }
     assert!(offences.is_empty(), "{offences:#?}");
 }
+
+/// `protocol` is the wire without HTTP: it names no web framework or HTTP client, so what it
+/// defines is the same for the server, the client and any other transport (scripts/test.sh
+/// checks the client build's dependency tree as well).
+#[test]
+fn protocol_names_no_http_crate() {
+    const HTTP_CRATES: &[&str] = &[
+        "axum::",
+        "hyper::",
+        "hyper_util::",
+        "http::",
+        "http_body_util::",
+        "tower::",
+        "tower_http::",
+        "reqwest::",
+    ];
+    let mut offences = Vec::new();
+    for (module, text) in sources() {
+        if module.first().is_none_or(|top| top != "protocol") {
+            continue;
+        }
+        for name in HTTP_CRATES {
+            if text.contains(name) {
+                offences.push(format!("{} names {name}", module.join("::")));
+            }
+        }
+    }
+    assert!(offences.is_empty(), "HTTP in protocol: {offences:#?}");
+}

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use contact_discovery::clock::Clock;
-use contact_discovery::domain::{E164, Fingerprint, Salt, UserId};
-use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::domain::{E164, Fingerprint, UserId};
+use contact_discovery::protocol::{self, Format};
 use contact_discovery::server::config::{Config, Settings};
 use contact_discovery::server::startup::{Application, load_keys};
 use serde::Deserialize;
@@ -546,13 +546,7 @@ async fn scrape_a_running_server() -> String {
         .await
         .unwrap();
     let epoch = info["epoch"].as_u64().unwrap();
-    let salt = {
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(info["salt"].as_str().unwrap())
-            .unwrap();
-        Salt::from_bytes(bytes.try_into().unwrap())
-    };
+    let salt = protocol::decode_salt(info["salt"].as_str().unwrap()).unwrap();
     let fp = Fingerprint::compute(&salt, E164::parse("+4915112345678").unwrap());
     let now = contact_discovery::clock::Clock::System.now_secs();
     let credential = keys
@@ -562,7 +556,7 @@ async fn scrape_a_running_server() -> String {
         .post(format!("http://{public}/v1/discover"))
         .header("content-type", Format::Binary.content_type())
         .bearer_auth(credential)
-        .body(codec::encode_request(Format::Binary, epoch, &[fp]))
+        .body(protocol::encode_request(Format::Binary, epoch, &[fp]))
         .send()
         .await
         .unwrap();

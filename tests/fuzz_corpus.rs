@@ -7,7 +7,7 @@ use std::path::Path;
 use contact_discovery::client::addressbook::{read_csv, read_vcard};
 use contact_discovery::client::normalise::Normaliser;
 use contact_discovery::domain::{CredentialKey, E164};
-use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::protocol::{self, Format};
 use contact_discovery::store::registry::Registry;
 use contact_discovery::store::registry::record::{decode_record, encode_record};
 
@@ -28,16 +28,18 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
 fn discovery_bodies() {
     let mut accepted = 0;
     for data in corpus("discover_binary") {
-        if let Ok(request) = codec::decode(Format::Binary, &data, 512) {
-            let again = codec::encode_request(Format::Binary, request.epoch, &request.fingerprints);
+        if let Ok(request) = protocol::decode_request(Format::Binary, &data, 512) {
+            let again =
+                protocol::encode_request(Format::Binary, request.epoch, &request.fingerprints);
             assert_eq!(again, data);
             accepted += 1;
         }
     }
     for data in corpus("discover_json") {
-        if let Ok(request) = codec::decode(Format::Json, &data, 512) {
-            let encoded = codec::encode_request(Format::Json, request.epoch, &request.fingerprints);
-            let again = codec::decode(Format::Json, &encoded, 512).unwrap();
+        if let Ok(request) = protocol::decode_request(Format::Json, &data, 512) {
+            let encoded =
+                protocol::encode_request(Format::Json, request.epoch, &request.fingerprints);
+            let again = protocol::decode_request(Format::Json, &encoded, 512).unwrap();
             assert_eq!(*again.fingerprints, *request.fingerprints);
             accepted += 1;
         }

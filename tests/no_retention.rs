@@ -144,14 +144,9 @@ async fn register<S: serde::Serialize>(
 /// The current epoch and its salt, as a client reads them.
 async fn current_epoch(client: &reqwest::Client, server: &common::Server) -> (u64, Salt) {
     let epoch = server.epoch(client).await;
-    let salt_bytes: [u8; 32] = URL_SAFE_NO_PAD
-        .decode(epoch["salt"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
     (
         epoch["epoch"].as_u64().unwrap(),
-        Salt::from_bytes(salt_bytes),
+        contact_discovery::protocol::decode_salt(epoch["salt"].as_str().unwrap()).unwrap(),
     )
 }
 

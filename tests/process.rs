@@ -316,13 +316,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
     let status = post_change(&client, &server.admin, &[registered.to_owned()], &[]).await;
     assert_eq!(status, Some(200));
     let epoch = server.epoch(&client).await;
-    let salt = {
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(epoch["salt"].as_str().unwrap())
-            .unwrap();
-        contact_discovery::domain::Salt::from_bytes(bytes.try_into().unwrap())
-    };
+    let salt = contact_discovery::protocol::decode_salt(epoch["salt"].as_str().unwrap()).unwrap();
     let fp = contact_discovery::domain::Fingerprint::compute(
         &salt,
         contact_discovery::domain::E164::parse(registered).unwrap(),

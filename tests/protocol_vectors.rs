@@ -4,7 +4,7 @@
 use contact_discovery::client::{Client, ClientConfig};
 use contact_discovery::domain::secret::parse_hex32;
 use contact_discovery::domain::{CredentialKey, E164, Epoch, Fingerprint, ServerSecret, UserId};
-use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::protocol::{self, Format};
 use serde_json::Value;
 
 fn vectors() -> Value {
@@ -53,7 +53,7 @@ fn fingerprints() {
             case["fingerprint_hex"].as_str().unwrap()
         );
         assert_eq!(
-            codec::encode_fingerprint(fp),
+            protocol::encode_fingerprint(fp),
             case["base64url"].as_str().unwrap()
         );
     }
@@ -72,11 +72,11 @@ fn request_bodies() {
         .map(|n| Fingerprint::compute(&salt, E164::parse(n.as_str().unwrap()).unwrap()))
         .collect();
     assert_eq!(
-        hex(&codec::encode_request(Format::Binary, epoch, &fps)),
+        hex(&protocol::encode_request(Format::Binary, epoch, &fps)),
         r["binary_request_hex"].as_str().unwrap()
     );
     let json: Value =
-        serde_json::from_slice(&codec::encode_request(Format::Json, epoch, &fps)).unwrap();
+        serde_json::from_slice(&protocol::encode_request(Format::Json, epoch, &fps)).unwrap();
     assert_eq!(json, r["json_request"]);
 }
 

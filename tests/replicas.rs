@@ -7,11 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{ADMIN_TOKEN, Server, start_server_with_env};
 use contact_discovery::domain::{E164, Fingerprint, Salt};
-use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::protocol::{self, Format};
 
 const SECRET: &str = "8f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 const KEY: &str = "4242424242424242424242424242424242424242424242424242424242424242";
@@ -104,7 +102,7 @@ impl Pair {
             .post(format!("http://{}/v1/discover", self.servers[i].public))
             .header("content-type", format.content_type())
             .bearer_auth(&self.credential)
-            .body(codec::encode_request(format, epoch, &fps))
+            .body(protocol::encode_request(format, epoch, &fps))
             .send()
             .await
             .unwrap();
@@ -137,19 +135,16 @@ impl Pair {
 }
 
 fn epoch_and_salt(info: &serde_json::Value) -> (u64, Salt) {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(info["salt"].as_str().unwrap())
-        .unwrap();
     (
         info["epoch"].as_u64().unwrap(),
-        Salt::from_bytes(bytes.try_into().unwrap()),
+        protocol::decode_salt(info["salt"].as_str().unwrap()).unwrap(),
     )
 }
 
 fn hits(binary_response: &[u8]) -> Vec<usize> {
-    codec::decode_binary_response(binary_response, NUMBERS.len())
+    protocol::decode_answer(Format::Binary, binary_response, NUMBERS.len())
         .unwrap()
-        .1
+        .registered
 }
 
 #[tokio::test]

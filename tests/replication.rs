@@ -11,11 +11,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{ADMIN_TOKEN, RedisServer, Server, start_server_with_env};
-use contact_discovery::domain::{E164, Fingerprint, Salt};
-use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::domain::{E164, Fingerprint};
+use contact_discovery::protocol::{self, Format};
 
 const SECRET: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 const KEY: &str = "5151515151515151515151515151515151515151515151515151515151515151";
@@ -112,9 +110,9 @@ impl Cluster {
         let response = self.discover(server, &self.credential, &numbers).await;
         assert_eq!(response.status(), 200);
         let body = response.bytes().await.unwrap();
-        codec::decode_binary_response(&body, NUMBERS.len())
+        protocol::decode_answer(Format::Binary, &body, NUMBERS.len())
             .unwrap()
-            .1
+            .registered
     }
 
     /// A binary discovery request for `numbers` under `server`'s current epoch.
@@ -125,10 +123,7 @@ impl Cluster {
         numbers: &[E164],
     ) -> reqwest::Response {
         let info = server.epoch(&self.http).await;
-        let salt = URL_SAFE_NO_PAD
-            .decode(info["salt"].as_str().unwrap())
-            .unwrap();
-        let salt = Salt::from_bytes(salt.try_into().unwrap());
+        let salt = protocol::decode_salt(info["salt"].as_str().unwrap()).unwrap();
         let fps: Vec<Fingerprint> = numbers
             .iter()
             .map(|n| Fingerprint::compute(&salt, *n))
@@ -137,7 +132,7 @@ impl Cluster {
             .post(format!("http://{}/v1/discover", server.public))
             .header("content-type", Format::Binary.content_type())
             .bearer_auth(credential)
-            .body(codec::encode_request(
+            .body(protocol::encode_request(
                 Format::Binary,
                 info["epoch"].as_u64().unwrap(),
                 &fps,

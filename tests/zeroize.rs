@@ -14,8 +14,8 @@ use axum::body::Body;
 use axum::http::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use contact_discovery::protocol::{self, Format};
 use contact_discovery::server::api::body::read_limited;
-use contact_discovery::server::api::codec::{self, Format};
 use http_body_util::BodyExt;
 use zeroize::Zeroizing;
 
@@ -112,7 +112,7 @@ async fn request_and_response_buffers_are_wiped_before_they_are_freed() {
             )
             .await
             .unwrap();
-            let decoded = codec::decode(format, &body, 100).unwrap();
+            let decoded = protocol::decode_request(format, &body, 100).unwrap();
             assert_eq!(decoded.fingerprints.len(), count);
             drop(body);
             drop(decoded);
@@ -125,7 +125,7 @@ async fn request_and_response_buffers_are_wiped_before_they_are_freed() {
     let found = freed_with_marker(async {
         for format in [Format::Binary, Format::Json] {
             let bitmap = Zeroizing::new(raw.to_vec());
-            let encoded = codec::encode(format, 7, 64, &bitmap);
+            let encoded = protocol::encode_answer(format, 7, 64, &bitmap);
             drop(bitmap);
             let body = Body::from(bytes::Bytes::from_owner(encoded));
             let collected = body.collect().await.unwrap().to_bytes();

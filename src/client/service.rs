@@ -6,13 +6,10 @@
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use parking_lot::Mutex;
 
 use crate::domain::{E164, Fingerprint, Salt};
-use crate::server::api::EpochInfo;
-use crate::server::api::codec::{self, Format};
+use crate::protocol::{self, AnswerError, EpochInfo, ErrorBody, Format};
 
 /// How a client connects.
 #[derive(Debug, Clone)]
@@ -60,7 +57,7 @@ pub enum ClientError {
     },
     /// The server answered something the protocol does not allow.
     #[error("unexpected answer from the server: {0}")]
-    Protocol(&'static str),
+    Protocol(#[from] AnswerError),
     /// Rate limits would take longer to wait out than allowed.
     #[error("rate limited for longer than the allowed wait ({0:?})")]
     RateLimitedTooLong(Duration),
@@ -117,7 +114,15 @@ impl Client {
     }
 
     /// Fetches the current epoch, salt and limits.
+    /// Fetches the current epoch, salt and limits, and remembers them for the next batches.
     pub async fn fetch_epoch(&self) -> Result<EpochInfo, ClientError> {
+        let info = self.request_epoch().await?;
+        self.remember(&info)?;
+        Ok(info)
+    }
+
+    /// Fetches the epoch object.
+    async fn request_epoch(&self) -> Result<EpochInfo, ClientError> {
         let response = self
             .http
             .get(format!("{}/v1/epoch", self.config.server))
@@ -126,31 +131,15 @@ impl Client {
         if !response.status().is_success() {
             return Err(refusal(response).await);
         }
-        let info: EpochInfo = response.json().await?;
-        self.remember(&info)?;
-        Ok(info)
+        Ok(response.json().await?)
     }
 
     fn remember(&self, info: &EpochInfo) -> Result<std::sync::Arc<Epoch>, ClientError> {
-        let salt: [u8; 32] = URL_SAFE_NO_PAD
-            .decode(&info.salt)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or(ClientError::Protocol(
-                "the salt is not 32 bytes of base64url",
-            ))?;
-        if info.fingerprint_bytes != crate::domain::FINGERPRINT_BYTES || info.max_batch == 0 {
-            return Err(ClientError::Protocol(
-                "unsupported fingerprint size or batch limit",
-            ));
-        }
-        let not_after = humantime::parse_rfc3339(&info.not_after)
-            .map_err(|_| ClientError::Protocol("not_after is not RFC 3339"))?;
         let epoch = std::sync::Arc::new(Epoch {
             number: info.epoch,
-            salt: Salt::from_bytes(salt),
-            max_batch: info.max_batch,
-            not_after,
+            salt: info.decode_salt()?,
+            max_batch: info.checked_max_batch()?,
+            not_after: info.decode_not_after()?,
         });
         *self.epoch.lock() = Some(std::sync::Arc::clone(&epoch));
         Ok(epoch)
@@ -166,11 +155,8 @@ impl Client {
         match cached {
             Some(epoch) => Ok(epoch),
             None => {
-                self.fetch_epoch().await?;
-                self.epoch
-                    .lock()
-                    .clone()
-                    .ok_or(ClientError::Protocol("no epoch"))
+                let info = self.request_epoch().await?;
+                self.remember(&info)
             }
         }
     }
@@ -227,7 +213,7 @@ impl Client {
                 .iter()
                 .map(|n| Fingerprint::compute(&epoch.salt, *n))
                 .collect();
-            let body = codec::encode_request(self.config.format, epoch.number, &fingerprints);
+            let body = protocol::encode_request(self.config.format, epoch.number, &fingerprints);
             let mut request = self
                 .http
                 .post(format!("{}/v1/discover", self.config.server))
@@ -244,12 +230,15 @@ impl Client {
             match response.status().as_u16() {
                 200 => {
                     let bytes = response.bytes().await?;
-                    return decode_answer(self.config.format, &bytes, numbers.len());
+                    let answer =
+                        protocol::decode_answer(self.config.format, &bytes, numbers.len())?;
+                    return Ok(answer.registered);
                 }
                 410 if !refreshed => {
-                    let body: serde_json::Value = response.json().await?;
-                    let info: EpochInfo = serde_json::from_value(body["current"].clone())
-                        .map_err(|_| ClientError::Protocol("410 without the current epoch"))?;
+                    let bytes = response.bytes().await?;
+                    let info = ErrorBody::decode(&bytes)
+                        .and_then(ErrorBody::into_current)
+                        .map_err(|_| AnswerError::NoCurrentEpoch)?;
                     epoch = self.remember(&info)?;
                     stats.epoch_refreshes += 1;
                     refreshed = true;
@@ -281,35 +270,18 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
-fn decode_answer(format: Format, body: &[u8], n: usize) -> Result<Vec<usize>, ClientError> {
-    match format {
-        Format::Binary => codec::decode_binary_response(body, n)
-            .map(|(_, hits)| hits)
-            .ok_or(ClientError::Protocol("binary answer has the wrong length")),
-        Format::Json => {
-            let value: serde_json::Value = serde_json::from_slice(body)
-                .map_err(|_| ClientError::Protocol("JSON answer is not JSON"))?;
-            let list = value["registered"]
-                .as_array()
-                .ok_or(ClientError::Protocol("JSON answer without registered"))?;
-            list.iter()
-                .map(|i| {
-                    i.as_u64()
-                        .map(|i| i as usize)
-                        .filter(|i| *i < n)
-                        .ok_or(ClientError::Protocol("registered index out of range"))
-                })
-                .collect()
-        }
-    }
-}
-
+/// The error a refusal stands for; an answer that is not a documented error body reads as
+/// code `unknown` with no message.
 async fn refusal(response: reqwest::Response) -> ClientError {
     let status = response.status().as_u16();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let bytes = response.bytes().await.unwrap_or_default();
+    let (code, message) = match ErrorBody::decode(&bytes) {
+        Ok(body) => (body.code, body.message),
+        Err(_) => ("unknown".to_owned(), String::new()),
+    };
     ClientError::Refused {
         status,
-        code: body["code"].as_str().unwrap_or("unknown").to_owned(),
-        message: body["message"].as_str().unwrap_or("").to_owned(),
+        code,
+        message,
     }
 }

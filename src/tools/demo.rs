@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::client::addressbook::{read_csv, read_vcard};
 use crate::client::normalise::{Normaliser, normalise_book};
 use crate::domain::{E164, Fingerprint, UserId};
-use crate::server::api::codec::{Format, encode_request};
+use crate::protocol::{Format, encode_request};
 use crate::server::config::Settings;
 use crate::server::startup::{Application, load_keys};
 use crate::store::registry::{Registry, RegistryError, Visibility};

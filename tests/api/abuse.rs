@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::num::NonZero;
 use std::time::{Duration, Instant};
 
-use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::protocol::{self, Format};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -264,7 +264,7 @@ async fn one_credential_cannot_hold_every_in_flight_slot() {
     assert!(started.elapsed() < Duration::from_secs(5));
     // And the body it announced was charged: the hog's budget is spent.
     let (epoch, salt) = app.epoch().await;
-    let body = codec::encode_request(Format::Binary, epoch, &fingerprints(&salt, &[REGISTERED]));
+    let body = protocol::encode_request(Format::Binary, epoch, &fingerprints(&salt, &[REGISTERED]));
     let (status, _, _) = app
         .discover_raw(
             Format::Binary.content_type(),
@@ -285,7 +285,7 @@ async fn every_request_costs_at_least_one_and_a_spent_budget_is_refused_before_t
     })
     .await;
     let (epoch, _) = app.epoch().await;
-    let empty = codec::encode_request(Format::Binary, epoch, &[]);
+    let empty = protocol::encode_request(Format::Binary, epoch, &[]);
     let user = app.credential("free-rider");
     let mut statuses = Vec::new();
     for _ in 0..7 {

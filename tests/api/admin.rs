@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use contact_discovery::server::api::codec::Format;
+use contact_discovery::protocol::Format;
 use contact_discovery::server::config::EpochLength;
 use serde_json::json;
 
@@ -501,7 +501,7 @@ async fn metric_labels_are_route_templates_never_paths_or_uploads() {
     app.change(&["+15550001111"], &[], &[]).await;
     let (epoch, salt) = app.epoch().await;
     let fp = crate::helpers::fingerprints(&salt, &["+15550001111"])[0];
-    let text = contact_discovery::server::api::codec::encode_fingerprint(fp);
+    let text = contact_discovery::protocol::encode_fingerprint(fp);
     let hex = crate::helpers::hex(&fp.to_bytes());
 
     // The upload in unrouted paths and in query strings, on both listeners.

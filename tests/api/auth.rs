@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use contact_discovery::domain::{CredentialKey, UserId};
-use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::protocol::{self, Format};
 
 use crate::helpers::{RawResponse, TestApp, assert_error, spawn_app, spawn_app_with};
 
@@ -13,7 +13,7 @@ const UNREGISTERED: &str = "+15550009999";
 async fn good_body(app: &TestApp) -> Vec<u8> {
     let (epoch, salt) = app.epoch().await;
     let fps = crate::helpers::fingerprints(&salt, &[REGISTERED]);
-    codec::encode_request(Format::Binary, epoch, &fps)
+    protocol::encode_request(Format::Binary, epoch, &fps)
 }
 
 /// Posts a valid body with the given raw `Authorization` header (or none).

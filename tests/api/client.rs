@@ -6,7 +6,7 @@ use std::time::Duration;
 use contact_discovery::client::{Client, ClientConfig, ClientError};
 use contact_discovery::clock::Clock;
 use contact_discovery::domain::E164;
-use contact_discovery::server::api::codec::Format;
+use contact_discovery::protocol::Format;
 use contact_discovery::store::registry::Op;
 use contact_discovery::tools::generate;
 

@@ -5,7 +5,7 @@ use std::num::NonZero;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use contact_discovery::domain::Fingerprint;
-use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::protocol::{self, Format};
 use contact_discovery::server::config::EpochLength;
 
 use crate::helpers::{T0, fingerprints, registered_indices, spawn_app, spawn_app_with};
@@ -217,7 +217,7 @@ async fn content_type_parameters_and_case_are_accepted() {
         ("Application/JSON;charset=UTF-8", Format::Json),
         ("application/octet-stream; x=y", Format::Binary),
     ] {
-        let body = codec::encode_request(format, epoch, &fps);
+        let body = protocol::encode_request(format, epoch, &fps);
         let (status, _, body) = app
             .discover_raw(content_type, Some(&credential), body)
             .await;
@@ -238,7 +238,7 @@ async fn padded_base64_fingerprints_are_accepted() {
     app.change(&REGISTERED, &[], &[]).await;
     let (epoch, salt) = app.epoch().await;
     let fp = fingerprints(&salt, &["+15550001111"])[0];
-    let text = format!("{}=", codec::encode_fingerprint(fp));
+    let text = format!("{}=", protocol::encode_fingerprint(fp));
     let body = serde_json::json!({ "epoch": epoch, "fingerprints": [text] });
     let (status, _, body) = app
         .discover_raw(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use contact_discovery::domain::{Epoch, Salt};
-use contact_discovery::server::api::codec::Format;
+use contact_discovery::protocol::Format;
 use contact_discovery::server::config::EpochLength;
 
 use crate::helpers::{

@@ -6,7 +6,7 @@ use std::num::NonZero;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use contact_discovery::domain::Fingerprint;
-use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::protocol::{self, Format};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -38,7 +38,7 @@ fn assert_no_echo(body: &[u8], fp: Fingerprint) {
     let bytes = fp.to_bytes();
     let text = String::from_utf8_lossy(body);
     for form in [
-        codec::encode_fingerprint(fp),
+        protocol::encode_fingerprint(fp),
         URL_SAFE.encode(bytes),
         STANDARD.encode(bytes),
         STANDARD_NO_PAD.encode(bytes),
@@ -68,7 +68,7 @@ async fn post(app: &TestApp, content_type: &str, body: impl Into<Vec<u8>>) -> Ra
 async fn invalid_or_truncated_json_is_400_malformed_body() {
     let app = app_with_one_number(|_| {}).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
-    let good = String::from_utf8(codec::encode_request(Format::Json, epoch, &[fp])).unwrap();
+    let good = String::from_utf8(protocol::encode_request(Format::Json, epoch, &[fp])).unwrap();
     let cases = [
         String::new(),
         "not json".to_owned(),
@@ -95,7 +95,7 @@ async fn invalid_or_truncated_json_is_400_malformed_body() {
 async fn json_of_the_wrong_shape_is_400_malformed_body() {
     let app = app_with_one_number(|_| {}).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
-    let f = codec::encode_fingerprint(fp);
+    let f = protocol::encode_fingerprint(fp);
     let cases = [
         // duplicate keys
         format!(r#"{{"epoch":{epoch},"epoch":{epoch},"fingerprints":["{f}"]}}"#),
@@ -136,7 +136,7 @@ async fn json_of_the_wrong_shape_is_400_malformed_body() {
 async fn deeply_nested_json_is_400_malformed_body() {
     let app = app_with_one_number(|_| {}).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
-    let f = codec::encode_fingerprint(fp);
+    let f = protocol::encode_fingerprint(fp);
     let depth = 10_000;
     let cases = [
         "[".repeat(depth) + &"]".repeat(depth),
@@ -167,7 +167,7 @@ async fn deeply_nested_json_is_400_malformed_body() {
 async fn invalid_base64_fingerprint_is_400_malformed_body() {
     let app = app_with_one_number(|_| {}).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
-    let f = codec::encode_fingerprint(fp);
+    let f = protocol::encode_fingerprint(fp);
     // 8 bytes are 11 characters whose last one carries 2 unused bits; only zero bits are
     // canonical, so the next character of the alphabet encodes the same bytes non-canonically.
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -216,7 +216,7 @@ async fn binary_body_shorter_than_an_epoch_is_400_malformed_body() {
 async fn json_fingerprint_of_7_or_9_bytes_is_422_invalid_fingerprint_length() {
     let app = app_with_one_number(|_| {}).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
-    let f = codec::encode_fingerprint(fp);
+    let f = protocol::encode_fingerprint(fp);
     let bytes = fp.to_bytes();
     let seven = URL_SAFE_NO_PAD.encode(&bytes[..7]);
     let mut nine = bytes.to_vec();
@@ -244,7 +244,7 @@ async fn binary_body_with_a_partial_fingerprint_is_422_invalid_fingerprint_lengt
     let app = app_with_one_number(|_| {}).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
     for extra in 1..8 {
-        let mut body = codec::encode_request(Format::Binary, epoch, &[fp, fp]);
+        let mut body = protocol::encode_request(Format::Binary, epoch, &[fp, fp]);
         body.extend_from_slice(&fp.to_bytes()[..extra]);
         let response = post(&app, "application/octet-stream", body).await;
         assert_error(&response, 422, "invalid_fingerprint_length");
@@ -335,8 +335,8 @@ async fn body_over_the_limit_is_413_body_too_large() {
     let (epoch, fp) = secret_fingerprint(&app).await;
     let credential = app.credential("alice");
     // Binary limit is 8 + 8 * 101 bytes; JSON allows 32 bytes a fingerprint plus 1 KiB.
-    let binary = codec::encode_request(Format::Binary, epoch, &vec![fp; 250]);
-    let mut json = codec::encode_request(Format::Json, epoch, &vec![fp; 250]);
+    let binary = protocol::encode_request(Format::Binary, epoch, &vec![fp; 250]);
+    let mut json = protocol::encode_request(Format::Json, epoch, &vec![fp; 250]);
     json.splice(1..1, vec![b' '; 4_096]);
     for (format, body) in [(Format::Binary, binary), (Format::Json, json)] {
         let response = app
@@ -403,7 +403,7 @@ async fn wrong_or_missing_content_type_is_415_unsupported_content_type() {
     let app = app_with_one_number(|_| {}).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
     let credential = app.credential("alice");
-    let json = codec::encode_request(Format::Json, epoch, &[fp]);
+    let json = protocol::encode_request(Format::Json, epoch, &[fp]);
     for content_type in [
         "text/plain",
         "application/x-www-form-urlencoded",
@@ -493,8 +493,8 @@ async fn wrong_method_is_405_method_not_allowed_on_both_listeners() {
 async fn arbitrary_bodies_never_get_a_500_and_the_service_keeps_answering() {
     let app = app_with_one_number(|c| c.limits.max_batch = NonZero::new(64).unwrap()).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
-    let good_json = codec::encode_request(Format::Json, epoch, &[fp, fp]);
-    let good_binary = codec::encode_request(Format::Binary, epoch, &[fp, fp]);
+    let good_json = protocol::encode_request(Format::Json, epoch, &[fp, fp]);
+    let good_binary = protocol::encode_request(Format::Binary, epoch, &[fp, fp]);
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for round in 0..300 {
         let (content_type, base) = if round % 2 == 0 {
@@ -540,7 +540,7 @@ async fn every_response_on_both_listeners_carries_cache_control_no_store() {
     let app = app_with_one_number(|c| c.limits.max_batch = NonZero::new(100).unwrap()).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
     let credential = app.credential("alice");
-    let good = codec::encode_request(Format::Binary, epoch, &[fp]);
+    let good = protocol::encode_request(Format::Binary, epoch, &[fp]);
     let client = &app.client;
 
     let discover = || client.post(app.url("/v1/discover"));
@@ -574,7 +574,7 @@ async fn every_response_on_both_listeners_carries_cache_control_no_store() {
             discover()
                 .bearer_auth(&credential)
                 .header("content-type", "application/octet-stream")
-                .body(codec::encode_request(Format::Binary, 0, &[fp])),
+                .body(protocol::encode_request(Format::Binary, 0, &[fp])),
         ),
         (
             "413",
@@ -664,7 +664,7 @@ async fn every_response_on_both_listeners_carries_cache_control_no_store() {
 async fn json_array_instead_of_the_request_object_is_400_malformed_body() {
     let app = app_with_one_number(|_| {}).await;
     let (epoch, fp) = secret_fingerprint(&app).await;
-    let f = codec::encode_fingerprint(fp);
+    let f = protocol::encode_fingerprint(fp);
     for body in [format!(r#"[{epoch},["{f}"]]"#), format!("[{epoch},[]]")] {
         let response = post(&app, "application/json", body.clone()).await;
         assert_error(&response, 400, "malformed_body");

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use contact_discovery::clock::Clock;
 use contact_discovery::domain::{CredentialKey, E164, Epoch, Fingerprint, Salt, UserId};
+use contact_discovery::protocol::{self, Format};
 use contact_discovery::server::api::SharedState;
-use contact_discovery::server::api::codec::{self, Format};
 use contact_discovery::server::config::{Config, Settings};
 use contact_discovery::server::startup::{Application, load_keys};
 use tokio::sync::oneshot;
@@ -190,7 +190,7 @@ impl TestApp {
     pub async fn discover(&self, format: Format, user: &str, numbers: &[&str]) -> Vec<usize> {
         let (epoch, salt) = self.epoch().await;
         let fps = fingerprints(&salt, numbers);
-        let body = codec::encode_request(format, epoch, &fps);
+        let body = protocol::encode_request(format, epoch, &fps);
         let (status, _, body) = self
             .discover_raw(format.content_type(), Some(&self.credential(user)), body)
             .await;
@@ -201,23 +201,9 @@ impl TestApp {
 
 /// Parses either response encoding into the registered indices, checking the epoch.
 pub fn registered_indices(format: Format, epoch: u64, n: usize, body: &[u8]) -> Vec<usize> {
-    match format {
-        Format::Binary => {
-            let (e, hits) = codec::decode_binary_response(body, n).expect("bitmap of ceil(n/8)");
-            assert_eq!(e, epoch);
-            hits
-        }
-        Format::Json => {
-            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-            assert_eq!(v["epoch"].as_u64(), Some(epoch));
-            v["registered"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i.as_u64().unwrap() as usize)
-                .collect()
-        }
-    }
+    let answer = protocol::decode_answer(format, body, n).expect("an answer for n fingerprints");
+    assert_eq!(answer.epoch, epoch);
+    answer.registered
 }
 
 /// Fingerprints of `numbers` under `salt`.
@@ -229,11 +215,7 @@ pub fn fingerprints(salt: &Salt, numbers: &[&str]) -> Vec<Fingerprint> {
 }
 
 pub fn decode_salt(text: &str) -> Salt {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text)
-        .unwrap();
-    Salt::from_bytes(bytes.try_into().unwrap())
+    protocol::decode_salt(text).unwrap()
 }
 
 /// The epoch containing the app clock's now, for `epoch_seconds`.
@@ -313,7 +295,7 @@ impl TestApp {
         epoch: u64,
         fingerprints: &[Fingerprint],
     ) -> RawResponse {
-        let body = codec::encode_request(format, epoch, fingerprints);
+        let body = protocol::encode_request(format, epoch, fingerprints);
         self.discover_raw(format.content_type(), Some(credential), body)
             .await
     }

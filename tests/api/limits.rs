@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::num::NonZero;
 use std::time::{Duration, Instant};
 
-use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::protocol::{self, Format};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -78,7 +78,7 @@ pub(crate) fn discover_head(app: &TestApp, content_length: usize) -> String {
 /// A valid binary discovery body asking about the registered number.
 async fn good_body(app: &TestApp) -> Vec<u8> {
     let (epoch, salt) = app.epoch().await;
-    codec::encode_request(Format::Binary, epoch, &fingerprints(&salt, &[REGISTERED]))
+    protocol::encode_request(Format::Binary, epoch, &fingerprints(&salt, &[REGISTERED]))
 }
 
 pub(crate) async fn connect(addr: SocketAddr) -> TcpStream {
@@ -256,8 +256,8 @@ async fn requests_beyond_the_in_flight_cap_are_shed_with_503_and_retry_after() {
             .await
             .expect("the slow request is answered");
         assert_eq!(status, 200);
-        let (_, hits) = codec::decode_binary_response(&answer, 1).unwrap();
-        assert_eq!(hits, vec![0]);
+        let answer = protocol::decode_answer(Format::Binary, &answer, 1).unwrap();
+        assert_eq!(answer.registered, vec![0]);
     }
     // And with the slots free again, requests are served.
     app.assert_still_answers(REGISTERED, UNREGISTERED).await;

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use contact_discovery::protocol::Format;
 use contact_discovery::tools::generate;
-use contact_discovery::tools::loadgen::{BatchSizes, Encoding, LoadgenArgs, run};
+use contact_discovery::tools::loadgen::{BatchSizes, LoadgenArgs, run};
 
 use crate::helpers::spawn_app_with;
 
@@ -22,7 +23,7 @@ fn args(server: String, data_dir: std::path::PathBuf) -> LoadgenArgs {
         registry_size: 300,
         pool: 300,
         bodies: 32,
-        encoding: Encoding::Binary,
+        encoding: Format::Binary,
         users: 20,
         data_dir,
         credential_key_file: None,
@@ -62,7 +63,7 @@ async fn loadgen_gets_real_answers_and_follows_an_epoch_change() {
 
     // Move the clock two epochs on while a run is going: requests for the old epoch get 410,
     // the generator refetches the epoch and later requests succeed again.
-    args.encoding = Encoding::Json;
+    args.encoding = Format::Json;
     args.duration = Duration::from_secs(3);
     let clock = app.clock.clone();
     let state = app.state.clone();

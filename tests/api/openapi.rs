@@ -7,8 +7,8 @@ use std::num::NonZero;
 use std::time::Duration;
 
 use contact_discovery::domain::UserId;
+use contact_discovery::protocol::{self, Format};
 use contact_discovery::server::api::ApiError;
-use contact_discovery::server::api::codec::{self, Format};
 
 use crate::helpers::{ADMIN_TOKEN, RawResponse, TestApp, fingerprints, raw_http, spawn_app_with};
 
@@ -100,8 +100,11 @@ async fn valid_request(app: &TestApp, method: &str, path: &str) -> RawResponse {
     match path {
         "/v1/discover" => {
             let (epoch, salt) = app.epoch().await;
-            let body =
-                codec::encode_request(Format::Binary, epoch, &fingerprints(&salt, &[REGISTERED]));
+            let body = protocol::encode_request(
+                Format::Binary,
+                epoch,
+                &fingerprints(&salt, &[REGISTERED]),
+            );
             let auth = (
                 "authorization",
                 format!("Bearer {}", app.credential("route-check")),
@@ -127,7 +130,7 @@ async fn crafted(app: &TestApp, method: &str, path: &str, code: &str) -> Option<
     let user = |name: &str| ("authorization", format!("Bearer {}", app.credential(name)));
     let (epoch, salt) = app.epoch().await;
     let good = |n: usize| {
-        codec::encode_request(
+        protocol::encode_request(
             Format::Binary,
             epoch,
             &fingerprints(&salt, &vec![REGISTERED; n]),
@@ -193,7 +196,7 @@ async fn crafted(app: &TestApp, method: &str, path: &str, code: &str) -> Option<
         }
         ("/v1/discover", "epoch_unavailable") => {
             let body =
-                codec::encode_request(Format::Binary, 5, &fingerprints(&salt, &[REGISTERED]));
+                protocol::encode_request(Format::Binary, 5, &fingerprints(&salt, &[REGISTERED]));
             send(app, method, path, &[user("old"), binary()], body).await
         }
         ("/v1/discover", "batch_too_large") => {

@@ -4,7 +4,7 @@
 use std::num::NonZero;
 
 use contact_discovery::domain::Fingerprint;
-use contact_discovery::server::api::codec::{self, Format};
+use contact_discovery::protocol::{self, Format};
 
 use crate::helpers::{
     RawResponse, TestApp, assert_error, fingerprints, metric_or_zero, registered_indices,
@@ -73,7 +73,10 @@ async fn spending_the_budget_gives_429_rate_limited_with_retry_after() {
         assert_rate_limited(&response);
         // The refusal does not quote what was uploaded.
         let text = String::from_utf8_lossy(&response.2);
-        assert!(!text.contains(&codec::encode_fingerprint(fps[0])), "{text}");
+        assert!(
+            !text.contains(&protocol::encode_fingerprint(fps[0])),
+            "{text}"
+        );
         assert!(
             !text.contains(&crate::helpers::hex(&fps[0].to_bytes())),
             "{text}"
@@ -137,7 +140,7 @@ async fn assert_budget_left(app: &TestApp, user: &str, left: usize) {
 async fn refused_requests_are_charged_what_their_bodies_stand_for() {
     let app = limited_app().await;
     let (epoch, fps) = batch(&app, BURST).await;
-    let body_of = |format, epoch, fps: &[Fingerprint]| codec::encode_request(format, epoch, fps);
+    let body_of = |format, epoch, fps: &[Fingerprint]| protocol::encode_request(format, epoch, fps);
     let mut partial = body_of(Format::Binary, epoch, &fps);
     partial.push(0);
     let mut malformed = body_of(Format::Json, epoch, &fps);

@@ -1,6 +1,6 @@
 //! Durability: registrations and hidden flags survive a graceful restart on the same data dir.
 
-use contact_discovery::server::api::codec::Format;
+use contact_discovery::protocol::Format;
 use serde_json::json;
 
 use crate::helpers::{spawn_app, start};

@@ -1,4 +1,4 @@
-use contact_discovery::server::api::codec::Format;
+use contact_discovery::protocol::Format;
 
 use crate::helpers::spawn_app;
 

@@ -8,6 +8,7 @@ use http_body_util::BodyExt;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::ApiError;
+use crate::protocol::extend_zeroizing;
 
 /// How a body must arrive: within `timeout` in all, and after the first [`RATE_GRACE`] at no
 /// less than `min_bytes_per_sec` on average (0: no minimum rate).
@@ -129,17 +130,6 @@ fn min_rate_deadline(
     Some(started + RATE_GRACE + earned)
 }
 
-/// Appends `data`, growing by moving into a fresh allocation so no stale copy is left behind.
-pub fn extend_zeroizing(buf: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
-    if buf.capacity() - buf.len() < data.len() {
-        let wanted = (buf.len() + data.len()).max(buf.capacity() * 2);
-        let mut bigger = Zeroizing::new(Vec::with_capacity(wanted));
-        bigger.extend_from_slice(buf);
-        *buf = bigger; // the old buffer is wiped as it drops
-    }
-    buf.extend_from_slice(data);
-}
-
 /// The request's media type without parameters, lower-cased.
 pub fn media_type(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
@@ -164,15 +154,5 @@ mod tests {
             min_rate_deadline(t0, 512, 1024),
             Some(t0 + RATE_GRACE + Duration::from_millis(500))
         );
-    }
-
-    #[test]
-    fn growth_keeps_contents() {
-        let mut buf = Zeroizing::new(Vec::with_capacity(1));
-        for i in 0..1000u32 {
-            extend_zeroizing(&mut buf, &i.to_le_bytes());
-        }
-        assert_eq!(buf.len(), 4000);
-        assert_eq!(&buf[4..8], &1u32.to_le_bytes());
     }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::domain::CredentialError;
+use crate::protocol::{DecodeError, EpochInfo};
 
 /// Where in an admin request an invalid number sits.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -48,21 +49,6 @@ impl Problems {
     pub fn is_empty(&self) -> bool {
         self.total == 0
     }
-}
-
-/// What a client needs to retry on the current epoch at once (also the `/v1/epoch` body).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct EpochInfo {
-    /// Current epoch number.
-    pub epoch: u64,
-    /// Its salt, base64url without padding.
-    pub salt: String,
-    /// End of the epoch, RFC 3339.
-    pub not_after: String,
-    /// Bytes per fingerprint (8).
-    pub fingerprint_bytes: usize,
-    /// Most fingerprints accepted in one request.
-    pub max_batch: usize,
 }
 
 /// Every way an API request can fail.
@@ -302,6 +288,24 @@ impl From<CredentialError> for ApiError {
     }
 }
 
+/// Each way a request fails to decode is one of the API's documented codes; the malformed
+/// ones share `malformed_body` and keep the decoder's message.
+impl From<DecodeError> for ApiError {
+    fn from(err: DecodeError) -> Self {
+        match err {
+            DecodeError::UnsupportedMediaType { expected } => {
+                ApiError::UnsupportedContentType { expected }
+            }
+            DecodeError::FingerprintLength { index } => ApiError::FingerprintLength { index },
+            DecodeError::BatchTooLarge { max } => ApiError::BatchTooLarge { max },
+            malformed @ (DecodeError::MissingEpoch
+            | DecodeError::NotJson { .. }
+            | DecodeError::WrongShape { .. }
+            | DecodeError::NotBase64 { .. }) => ApiError::MalformedBody(malformed.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -337,6 +341,12 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{DiscoverRequest, Format, decode_request};
+
+    /// Decodes as the discover handler does, errors mapped to the API's.
+    fn decode(format: Format, body: &[u8], max: usize) -> Result<DiscoverRequest, ApiError> {
+        Ok(decode_request(format, body, max)?)
+    }
 
     #[test]
     fn every_variant_code_is_listed_and_distinct() {
@@ -391,6 +401,76 @@ mod tests {
                     | ApiError::RegistryStreamUnavailable
             );
             assert!(client_error ^ server_side, "{}", e.code());
+        }
+    }
+
+    #[test]
+    fn binary_errors() {
+        assert!(matches!(
+            decode(Format::Binary, &[0; 7], 10),
+            Err(ApiError::MalformedBody(_))
+        ));
+        assert!(matches!(
+            decode(Format::Binary, &[0; 8 + 12], 10),
+            Err(ApiError::FingerprintLength { index: 1 })
+        ));
+        assert!(matches!(
+            decode(Format::Binary, &[0; 8 + 8 * 11], 10),
+            Err(ApiError::BatchTooLarge { max: 10 })
+        ));
+        let empty = decode(Format::Binary, &[0, 0, 0, 0, 0, 0, 0, 5], 10).unwrap();
+        assert_eq!((empty.epoch, empty.fingerprints.len()), (5, 0));
+    }
+
+    #[test]
+    fn json_errors_never_quote_input() {
+        let secret = "c2VjcmV0ZnA"; // 8 bytes of base64url
+        let cases: &[(&str, &str)] = &[
+            (
+                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\",\"c2Vj\"]}",
+                "invalid_fingerprint_length",
+            ),
+            (
+                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\",\"c2VjcmV0Zn!\"]}",
+                "malformed_body",
+            ),
+            (
+                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\"],\"x\":\"c2VjcmV0ZnA\"}",
+                "malformed_body",
+            ),
+            (
+                "{\"epoch\":1,\"epoch\":2,\"fingerprints\":[\"c2VjcmV0ZnA\"]}",
+                "malformed_body",
+            ),
+            (
+                "{\"epoch\":\"c2VjcmV0ZnA\",\"fingerprints\":[]}",
+                "malformed_body",
+            ),
+            (
+                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\", 7]}",
+                "malformed_body",
+            ),
+            ("{\"epoch\":-1,\"fingerprints\":[]}", "malformed_body"),
+            ("[1,[\"c2VjcmV0ZnA\"]]", "malformed_body"),
+            ("{\"fingerprints\":[\"c2VjcmV0ZnA\"]}", "malformed_body"),
+            (
+                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\"",
+                "malformed_body",
+            ),
+            (
+                "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[c2VjcmV0ZnA",
+                "malformed_body",
+            ),
+            (
+                "{\"epoch\":1,\"fingerprints\":\"c2VjcmV0ZnA\"}",
+                "malformed_body",
+            ),
+        ];
+        for (body, code) in cases {
+            let err = decode(Format::Json, body.as_bytes(), 10).err().unwrap();
+            assert_eq!(err.code(), *code, "{body}");
+            assert!(!err.to_string().contains(secret), "{err}");
+            assert!(!err.to_string().contains("c2Vj"), "{err}");
         }
     }
 }

@@ -4,7 +4,6 @@
 pub mod admin;
 pub mod body;
 pub mod caller;
-pub mod codec;
 pub mod error;
 pub mod overload;
 pub mod public;
@@ -19,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 pub use caller::{Authenticator, Caller, bearer_token};
-pub use error::{ApiError, EpochInfo};
+pub use error::ApiError;
 pub use state::{AdminState, Observe, PublicState, Readiness};
 
 impl crate::log_safe::LogSafe for axum::http::StatusCode {}

@@ -5,29 +5,25 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::body::{declared_length, media_type, read_limited};
-use super::codec::{self, DiscoverRequest, Format};
-use super::{ApiError, Caller, EpochInfo, PublicState, Readiness};
+use super::{ApiError, Caller, PublicState, Readiness};
 use crate::domain::{Epoch, FINGERPRINT_BYTES, UserId};
+use crate::protocol::{self, DiscoverRequest, EpochInfo, Format};
 use crate::store::rotation::EpochRefusal;
 
 /// What clients need to compute fingerprints for `epoch`.
 pub fn epoch_info(state: &PublicState, epoch: Epoch) -> EpochInfo {
     let schedule = state.indexes.policy().schedule;
-    let not_after = std::time::UNIX_EPOCH + std::time::Duration::from_secs(schedule.end(epoch));
-    EpochInfo {
-        epoch: epoch.0,
-        salt: URL_SAFE_NO_PAD.encode(state.secret.salt(epoch).as_bytes()),
-        not_after: humantime::format_rfc3339_seconds(not_after).to_string(),
-        fingerprint_bytes: FINGERPRINT_BYTES,
-        max_batch: state.max_batch,
-    }
+    EpochInfo::new(
+        epoch,
+        &state.secret.salt(epoch),
+        schedule.end(epoch),
+        state.max_batch,
+    )
 }
 
 /// `GET /v1/epoch`: the current epoch and its salt.
@@ -60,7 +56,7 @@ pub async fn discover(
         Err(_) => 1,
     };
     charge(&state, user, up_front).await?;
-    let format = format?;
+    let format = format.map_err(ApiError::from)?;
     let (request, raw) =
         read_request(&state, user, &headers, body, format, declared, up_front).await?;
     drop(raw); // wiped now: only the decoded, zeroizing fingerprints remain
@@ -88,7 +84,7 @@ pub async fn discover(
     state.metrics.fingerprints.inc_by(n as u64);
     state.metrics.batch_size.observe(n as f64);
 
-    let encoded = codec::encode(format, index.epoch().0, n, &bitmap);
+    let encoded = protocol::encode_answer(format, index.epoch().0, n, &bitmap);
     // The body owns the zeroizing buffer, so it is wiped once hyper has written it.
     let body = Body::from(Bytes::from_owner(encoded));
     let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
@@ -119,11 +115,11 @@ async fn read_request(
             return Err(refused.error);
         }
     };
-    match codec::decode(format, &raw, state.max_batch) {
+    match protocol::decode_request(format, &raw, state.max_batch) {
         Ok(request) => Ok((request, raw)),
         Err(error) => {
             charge_refused(state, user, format, raw.len(), paid).await;
-            Err(error)
+            Err(error.into())
         }
     }
 }
@@ -205,7 +201,7 @@ pub async fn readyz(State(readiness): State<Readiness>) -> Response {
 mod test_hooks {
     use axum::http::HeaderMap;
 
-    use super::codec::DiscoverRequest;
+    use crate::protocol::DiscoverRequest;
 
     /// Panics with the first fingerprint in the message when `x-test-panic` is present.
     pub fn maybe_panic(headers: &HeaderMap, request: &DiscoverRequest) {

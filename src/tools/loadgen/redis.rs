@@ -7,7 +7,11 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
+use super::bodies::{Bodies, salt_of};
+use super::{LoadgenArgs, LoadgenError, process_cpu_seconds};
 use crate::domain::Fingerprint;
+use crate::protocol::EpochInfo;
+use crate::tools::generate;
 
 /// The set the fingerprints go into.
 pub const KEY: &[u8] = b"cd:fingerprints";
@@ -132,7 +136,7 @@ pub async fn query(
             stream.set_nodelay(true)?;
             let (read, mut write) = stream.into_split();
             let mut input = BufReader::with_capacity(1 << 16, read);
-            let mut latency = super::histogram();
+            let mut latency = super::drive::histogram();
             let (mut fingerprints, mut matches, mut requests) = (0u64, 0u64, 0u64);
             let mut k = c;
             while Instant::now() < deadline {
@@ -153,7 +157,7 @@ pub async fn query(
         matches: 0,
         requests: 0,
         elapsed: Duration::ZERO,
-        latency: super::histogram(),
+        latency: super::drive::histogram(),
     };
     while let Some(done) = tasks.join_next().await {
         let (f, m, r, l) = done.map_err(std::io::Error::other)??;
@@ -164,4 +168,53 @@ pub async fn query(
     }
     run.elapsed = started.elapsed();
     Ok(run)
+}
+
+/// The Redis side: load the set, then query it with the same batches; returns a JSON report.
+pub(super) async fn compare(
+    args: &LoadgenArgs,
+    addr: &str,
+    info: &EpochInfo,
+    bodies: &Bodies,
+) -> Result<serde_json::Value, LoadgenError> {
+    let io = |e: std::io::Error| LoadgenError::Epoch {
+        url: format!("redis://{addr}"),
+        why: e.to_string(),
+    };
+    let salt = salt_of(info)?;
+    let registry = generate::numbers(args.registry_size, args.registry_seed);
+    let fingerprints: Vec<Fingerprint> = {
+        use rayon::prelude::*;
+        registry
+            .par_iter()
+            .map(|n| Fingerprint::compute(&salt, *n))
+            .collect()
+    };
+    drop(registry);
+    let loading = Instant::now();
+    load(addr, &fingerprints).await.map_err(io)?;
+    let load_s = loading.elapsed().as_secs_f64();
+    drop(fingerprints);
+    let cpu_before = args.server_pid.and_then(process_cpu_seconds);
+    let run = query(addr, &bodies.batches, args.max_in_flight, args.duration)
+        .await
+        .map_err(io)?;
+    let cpu_after = args.server_pid.and_then(process_cpu_seconds);
+    let secs = run.elapsed.as_secs_f64().max(1e-9);
+    let cpu = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
+    let ms = |q: f64| run.latency.value_at_quantile(q) as f64 / 1_000.0;
+    Ok(serde_json::json!({
+        "target": format!("redis://{addr}"),
+        "set_members": args.registry_size,
+        "load_s": load_s,
+        "connections": args.max_in_flight,
+        "requests": run.requests,
+        "fingerprints": run.fingerprints,
+        "fingerprints_per_s": run.fingerprints as f64 / secs,
+        "requests_per_s": run.requests as f64 / secs,
+        "hit_ratio_answered": if run.fingerprints == 0 { 0.0 } else { run.matches as f64 / run.fingerprints as f64 },
+        "latency_ms": { "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p99.9": ms(0.999), "max": run.latency.max() as f64 / 1_000.0 },
+        "server_cpu_s": cpu,
+        "server_cpu_ns_per_fingerprint": cpu.map(|c| c * 1e9 / (run.fingerprints.max(1) as f64)),
+    }))
 }

@@ -1,77 +1,21 @@
-//! The discovery wire formats: JSON and the compact binary form, both ways.
+//! The discovery request: `POST /v1/discover`'s body, encoded by clients, decoded by the server.
 //!
-//! Binary request: 8-byte big-endian epoch, then n × 8 fingerprint bytes. Binary response: 8-byte
-//! epoch, then a bitmap of ceil(n/8) bytes, bit i (least significant first) set iff fingerprint i
-//! is registered, so a response's length depends only on the request's length.
-//! JSON request: `{"epoch": N, "fingerprints": ["<base64url>", ...]}`; response
-//! `{"epoch": N, "registered": [ascending indices]}`.
+//! Binary: 8-byte big-endian epoch, then n × 8 fingerprint bytes. JSON:
+//! `{"epoch": N, "fingerprints": ["<base64url>", ...]}`, an object only, no other field.
 //!
-//! Decoded fingerprints live in a zeroizing vector; encoded responses are zeroizing buffers.
-//! Decoder errors never quote the input (serde's own messages would, so they are not used).
+//! Decoded fingerprints live in a zeroizing vector. Decoder errors never quote the input
+//! (serde's own messages would, so they are not used).
 
 use std::fmt;
 
 use base64::Engine;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use zeroize::Zeroizing;
 
-use super::ApiError;
-use super::body::extend_zeroizing;
+use super::base64url::FINGERPRINT as B64;
+use super::{DecodeError, Format};
 use crate::domain::{FINGERPRINT_BYTES, Fingerprint};
-
-/// base64url without padding; padding is tolerated on input.
-const B64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::URL_SAFE,
-    GeneralPurposeConfig::new()
-        .with_encode_padding(false)
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
-/// Longest JSON text allowed per fingerprint (quotes, comma, generous white space).
-const JSON_BYTES_PER_FINGERPRINT: usize = 32;
-/// JSON bytes allowed besides the fingerprints.
-const JSON_OVERHEAD: usize = 1024;
-
-/// The two encodings of a discovery request and response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// `application/json`.
-    Json,
-    /// `application/octet-stream`.
-    Binary,
-}
-
-impl Format {
-    /// Picks the format from a media type.
-    pub fn from_media_type(media: Option<&str>) -> Result<Self, ApiError> {
-        match media {
-            Some("application/json") => Ok(Format::Json),
-            Some("application/octet-stream") => Ok(Format::Binary),
-            _ => Err(ApiError::UnsupportedContentType {
-                expected: "application/json or application/octet-stream",
-            }),
-        }
-    }
-
-    /// Largest body accepted for `max_batch`; room for one more fingerprint, so that a batch
-    /// one too large is told `batch_too_large` rather than `body_too_large`.
-    pub fn body_limit(self, max_batch: usize) -> usize {
-        match self {
-            Format::Binary => 8 + FINGERPRINT_BYTES * (max_batch + 1),
-            Format::Json => JSON_OVERHEAD + JSON_BYTES_PER_FINGERPRINT * (max_batch + 1),
-        }
-    }
-
-    /// The response's media type.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::Json => "application/json",
-            Format::Binary => "application/octet-stream",
-        }
-    }
-}
 
 /// A decoded discovery request. The fingerprints are wiped when it drops.
 pub struct DiscoverRequest {
@@ -82,25 +26,27 @@ pub struct DiscoverRequest {
 }
 
 /// Decodes a request body in `format`, refusing more than `max_batch` fingerprints.
-pub fn decode(format: Format, body: &[u8], max_batch: usize) -> Result<DiscoverRequest, ApiError> {
+pub fn decode_request(
+    format: Format,
+    body: &[u8],
+    max_batch: usize,
+) -> Result<DiscoverRequest, DecodeError> {
     let request = match format {
         Format::Binary => decode_binary(body)?,
         Format::Json => decode_json(body)?,
     };
     if request.fingerprints.len() > max_batch {
-        return Err(ApiError::BatchTooLarge { max: max_batch });
+        return Err(DecodeError::BatchTooLarge { max: max_batch });
     }
     Ok(request)
 }
 
-fn decode_binary(body: &[u8]) -> Result<DiscoverRequest, ApiError> {
+fn decode_binary(body: &[u8]) -> Result<DiscoverRequest, DecodeError> {
     let Some((epoch, rest)) = body.split_first_chunk::<8>() else {
-        return Err(ApiError::MalformedBody(
-            "a binary request starts with an 8-byte big-endian epoch".into(),
-        ));
+        return Err(DecodeError::MissingEpoch);
     };
     if rest.len() % FINGERPRINT_BYTES != 0 {
-        return Err(ApiError::FingerprintLength {
+        return Err(DecodeError::FingerprintLength {
             index: rest.len() / FINGERPRINT_BYTES,
         });
     }
@@ -248,21 +194,17 @@ impl<'de> Deserialize<'de> for JsonFingerprints {
     }
 }
 
-fn decode_json(body: &[u8]) -> Result<DiscoverRequest, ApiError> {
+fn decode_json(body: &[u8]) -> Result<DiscoverRequest, DecodeError> {
     let request: JsonRequest = serde_json::from_slice(body).map_err(|err| {
-        let what = match err.classify() {
-            serde_json::error::Category::Data => {
-                "JSON does not have the shape {\"epoch\": <u64>, \"fingerprints\": [<base64url>, ...]}"
-            }
-            _ => "the body is not valid JSON",
-        };
-        ApiError::MalformedBody(format!("{what} (line {}, column {})", err.line(), err.column()))
+        let (line, column) = (err.line(), err.column());
+        match err.classify() {
+            serde_json::error::Category::Data => DecodeError::WrongShape { line, column },
+            _ => DecodeError::NotJson { line, column },
+        }
     })?;
     match request.fingerprints.first_bad {
-        Some((index, BadFingerprint::WrongLength)) => Err(ApiError::FingerprintLength { index }),
-        Some((index, BadFingerprint::NotBase64)) => Err(ApiError::MalformedBody(format!(
-            "fingerprint {index} is not base64url"
-        ))),
+        Some((index, BadFingerprint::WrongLength)) => Err(DecodeError::FingerprintLength { index }),
+        Some((index, BadFingerprint::NotBase64)) => Err(DecodeError::NotBase64 { index }),
         None => Ok(DiscoverRequest {
             epoch: request.epoch,
             fingerprints: request.fingerprints.items,
@@ -270,36 +212,7 @@ fn decode_json(body: &[u8]) -> Result<DiscoverRequest, ApiError> {
     }
 }
 
-/// Encodes the answer for `n` fingerprints given the match bitmap.
-pub fn encode(format: Format, epoch: u64, n: usize, bitmap: &[u8]) -> Zeroizing<Vec<u8>> {
-    match format {
-        Format::Binary => {
-            let mut out = Zeroizing::new(Vec::with_capacity(8 + bitmap.len()));
-            out.extend_from_slice(&epoch.to_be_bytes());
-            out.extend_from_slice(bitmap);
-            out
-        }
-        Format::Json => {
-            let mut out = Zeroizing::new(Vec::with_capacity(48 + n.min(1024) * 4));
-            let mut number = itoa::Buffer::new();
-            extend_zeroizing(&mut out, b"{\"epoch\":");
-            extend_zeroizing(&mut out, number.format(epoch).as_bytes());
-            extend_zeroizing(&mut out, b",\"registered\":[");
-            let mut first = true;
-            for i in (0..n).filter(|i| bitmap[i / 8] & (1 << (i % 8)) != 0) {
-                if !first {
-                    extend_zeroizing(&mut out, b",");
-                }
-                first = false;
-                extend_zeroizing(&mut out, number.format(i).as_bytes());
-            }
-            extend_zeroizing(&mut out, b"]}");
-            out
-        }
-    }
-}
-
-/// Encodes fingerprints as a request body (used by clients, tests and the demo).
+/// Encodes fingerprints as a request body (clients, the load generator, the demo, tests).
 pub fn encode_request(format: Format, epoch: u64, fingerprints: &[Fingerprint]) -> Vec<u8> {
     match format {
         Format::Binary => {
@@ -327,18 +240,6 @@ pub fn encode_fingerprint(fp: Fingerprint) -> String {
     B64.encode(fp.to_bytes())
 }
 
-/// Decodes a binary response into the set bits' indices (clients and tests).
-pub fn decode_binary_response(body: &[u8], n: usize) -> Option<(u64, Vec<usize>)> {
-    let (epoch, bitmap) = body.split_first_chunk::<8>()?;
-    if bitmap.len() != n.div_ceil(8) {
-        return None;
-    }
-    let hits = (0..n)
-        .filter(|i| bitmap[i / 8] & (1 << (i % 8)) != 0)
-        .collect();
-    Some((u64::from_be_bytes(*epoch), hits))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,76 +249,6 @@ mod tests {
         keys.iter()
             .map(|k| Fingerprint::from_bytes(k.to_le_bytes()))
             .collect()
-    }
-
-    #[test]
-    fn binary_errors() {
-        assert!(matches!(
-            decode(Format::Binary, &[0; 7], 10),
-            Err(ApiError::MalformedBody(_))
-        ));
-        assert!(matches!(
-            decode(Format::Binary, &[0; 8 + 12], 10),
-            Err(ApiError::FingerprintLength { index: 1 })
-        ));
-        assert!(matches!(
-            decode(Format::Binary, &[0; 8 + 8 * 11], 10),
-            Err(ApiError::BatchTooLarge { max: 10 })
-        ));
-        let empty = decode(Format::Binary, &[0, 0, 0, 0, 0, 0, 0, 5], 10).unwrap();
-        assert_eq!((empty.epoch, empty.fingerprints.len()), (5, 0));
-    }
-
-    #[test]
-    fn json_errors_never_quote_input() {
-        let secret = "c2VjcmV0ZnA"; // 8 bytes of base64url
-        let cases: &[(&str, &str)] = &[
-            (
-                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\",\"c2Vj\"]}",
-                "invalid_fingerprint_length",
-            ),
-            (
-                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\",\"c2VjcmV0Zn!\"]}",
-                "malformed_body",
-            ),
-            (
-                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\"],\"x\":\"c2VjcmV0ZnA\"}",
-                "malformed_body",
-            ),
-            (
-                "{\"epoch\":1,\"epoch\":2,\"fingerprints\":[\"c2VjcmV0ZnA\"]}",
-                "malformed_body",
-            ),
-            (
-                "{\"epoch\":\"c2VjcmV0ZnA\",\"fingerprints\":[]}",
-                "malformed_body",
-            ),
-            (
-                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\", 7]}",
-                "malformed_body",
-            ),
-            ("{\"epoch\":-1,\"fingerprints\":[]}", "malformed_body"),
-            ("[1,[\"c2VjcmV0ZnA\"]]", "malformed_body"),
-            ("{\"fingerprints\":[\"c2VjcmV0ZnA\"]}", "malformed_body"),
-            (
-                "{\"epoch\":1,\"fingerprints\":[\"c2VjcmV0ZnA\"",
-                "malformed_body",
-            ),
-            (
-                "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[c2VjcmV0ZnA",
-                "malformed_body",
-            ),
-            (
-                "{\"epoch\":1,\"fingerprints\":\"c2VjcmV0ZnA\"}",
-                "malformed_body",
-            ),
-        ];
-        for (body, code) in cases {
-            let err = decode(Format::Json, body.as_bytes(), 10).err().unwrap();
-            assert_eq!(err.code(), *code, "{body}");
-            assert!(!err.to_string().contains(secret), "{err}");
-            assert!(!err.to_string().contains("c2Vj"), "{err}");
-        }
     }
 
     #[test]
@@ -436,21 +267,12 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn json_response_lists_ascending_indices() {
-        let bitmap = [0b0000_0101u8, 0b1000_0000];
-        let out = encode(Format::Json, 9, 16, &bitmap);
-        assert_eq!(&out[..], br#"{"epoch":9,"registered":[0,2,15]}"#);
-        let out = encode(Format::Binary, 9, 16, &bitmap);
-        assert_eq!(&out[..], &[0, 0, 0, 0, 0, 0, 0, 9, 0b101, 0b1000_0000]);
-    }
-
     proptest! {
         #[test]
         fn requests_round_trip(epoch in any::<u64>(), keys in proptest::collection::vec(any::<u64>(), 0..100)) {
             for format in [Format::Binary, Format::Json] {
                 let body = encode_request(format, epoch, &fps(&keys));
-                let decoded = decode(format, &body, 100).unwrap();
+                let decoded = decode_request(format, &body, 100).unwrap();
                 prop_assert_eq!(decoded.epoch, epoch);
                 prop_assert_eq!(&decoded.fingerprints[..], &fps(&keys)[..]);
                 prop_assert!(body.len() <= format.body_limit(keys.len()));
@@ -458,23 +280,9 @@ mod tests {
         }
 
         #[test]
-        fn binary_response_round_trips(epoch in any::<u64>(), bits in proptest::collection::vec(any::<bool>(), 0..200)) {
-            let mut bitmap = vec![0u8; bits.len().div_ceil(8)];
-            for (i, b) in bits.iter().enumerate() {
-                if *b { bitmap[i / 8] |= 1 << (i % 8); }
-            }
-            let out = encode(Format::Binary, epoch, bits.len(), &bitmap);
-            prop_assert_eq!(out.len(), 8 + bits.len().div_ceil(8));
-            let (e, hits) = decode_binary_response(&out, bits.len()).unwrap();
-            prop_assert_eq!(e, epoch);
-            let want: Vec<usize> = bits.iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i).collect();
-            prop_assert_eq!(hits, want);
-        }
-
-        #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = decode(Format::Binary, &bytes, 10);
-            let _ = decode(Format::Json, &bytes, 10);
+            let _ = decode_request(Format::Binary, &bytes, 10);
+            let _ = decode_request(Format::Json, &bytes, 10);
         }
     }
 }
