@@ -164,6 +164,7 @@ impl Application {
                     Arc::clone(&registry),
                     Arc::clone(&metrics),
                     config.registry_snapshot_every,
+                    clock.clone(),
                 )
                 .map_err(StartupError::Replication)?,
             ),
@@ -181,7 +182,8 @@ impl Application {
                     config.rate_limit_refill_per_day,
                     metrics.rate_limit_fallbacks.clone(),
                 )
-                .map_err(StartupError::SharedRateLimit)?,
+                .map_err(StartupError::SharedRateLimit)?
+                .with_clock(clock.clone()),
             ),
             None => None,
         };

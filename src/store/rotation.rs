@@ -221,7 +221,7 @@ impl Rotator {
         let now = self.clock.now_secs();
         let policy = self.indexes.policy;
         let wanted = policy.wanted(now);
-        let version = self.registry.version();
+        let version = self.registry.local_sequence();
         let mut stale = self.indexes.stale(&wanted, version);
         if current_only {
             stale.retain(|e| *e == policy.schedule.epoch_at(now));

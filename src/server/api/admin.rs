@@ -248,7 +248,7 @@ async fn replicated_change(
     let applied_here = replica.wait_applied(id, APPLY_WAIT).await;
     let body = json!({
         "applied": ops.len(),
-        "version": state.registry.version(),
+        "version": state.registry.local_sequence(),
         "stream_id": id.to_string(),
         "applied_here": applied_here,
     });
@@ -283,7 +283,7 @@ pub async fn stats(State(state): State<SharedState>) -> Json<serde_json::Value> 
         "current_epoch": schedule.epoch_at(now).0,
         "epoch_seconds": schedule.length_secs(),
         "registry": {
-            "version": state.registry.version(),
+            "version": state.registry.local_sequence(),
             "counts": state.registry.counts(),
             "replication": state.replica.as_ref().map(|r| json!({
                 "synced": r.synced(),
