@@ -325,6 +325,24 @@ mod tests {
     }
 
     #[test]
+    fn sorted_entries_with_a_repeat_are_deduplicated() {
+        let repeated = by_hand(&[entry(1, false), entry(1, false), entry(2, false)]);
+        let decoded = Snapshot::decode(&repeated).unwrap();
+        assert_eq!(*decoded.into_entries(), [entry(1, false), entry(2, false)]);
+    }
+
+    #[test]
+    fn a_snapshot_of_several_chunks_round_trips() {
+        // More entries than one read or write chunk holds, and not a multiple of it.
+        let entries: Vec<u64> = (0..(CHUNK / 8 * 2 + 3) as u64)
+            .map(|i| entry(i, false))
+            .collect();
+        let bytes = snapshot(&entries).encode();
+        assert_eq!(bytes, by_hand(&entries));
+        assert_eq!(*Snapshot::decode(&bytes).unwrap().into_entries(), entries);
+    }
+
+    #[test]
     fn debug_shows_a_count_not_the_numbers() {
         let shown = format!("{:?}", snapshot(&[entry(1, false)]));
         assert_eq!(shown, "Snapshot { numbers: 1 }");
