@@ -970,3 +970,70 @@ async fn replicas_reach_redis_over_tls_and_check_its_certificate() {
         server.kill9();
     }
 }
+
+/// In process, on a manual clock: the ids a replica writes are the clock's milliseconds (the
+/// next one past the stream's top when the clock stands still), and while Redis is unreachable
+/// the lag it reports is how far the clock moved since it last read the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_ids_and_lag_follow_the_injected_clock() {
+    use contact_discovery::clock::Clock;
+    use contact_discovery::domain::ServerSecret;
+    use contact_discovery::metrics::Metrics;
+    use contact_discovery::store::registry::{Op, Registry, Visibility};
+    use contact_discovery::store::replication::Replica;
+    use std::sync::Arc;
+
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(Registry::open(dir.path()).unwrap().0);
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let clock = Clock::manual(1_700_000_000);
+    let replica = Replica::new(
+        &redis.url,
+        &ServerSecret::from_bytes([7; 32]),
+        Arc::clone(&registry),
+        Arc::clone(&metrics),
+        1_000,
+        clock.clone(),
+    )
+    .unwrap();
+    let (a, b) = (
+        E164::parse("+15550000001").unwrap(),
+        E164::parse("+15550000002").unwrap(),
+    );
+    let first = replica.append(&[Op::Add(a)]).await.unwrap();
+    assert_eq!(first.to_string(), "1700000000000-0");
+    let second = replica.append(&[Op::Add(b)]).await.unwrap();
+    assert_eq!(second.to_string(), "1700000000001-0", "past the top");
+    clock.advance(Duration::from_secs(5));
+    let third = replica.append(&[Op::Hide(b)]).await.unwrap();
+    assert_eq!(third.to_string(), "1700000005000-0");
+
+    let follower = tokio::spawn(Arc::clone(&replica).run());
+    assert!(replica.wait_applied(third, Duration::from_secs(60)).await);
+    assert_eq!(registry.get(a), Some(Visibility::Discoverable));
+    assert_eq!(registry.get(b), Some(Visibility::Hidden));
+    assert_eq!(metrics.replication.lag_seconds.get(), 0);
+
+    // Unreachable: the lag grows with the manual clock, not with real time.
+    redis.kill();
+    let lag_becomes = |want: i64| {
+        let metrics = Arc::clone(&metrics);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while metrics.replication.lag_seconds.get() != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "lag {} != {want}",
+                    metrics.replication.lag_seconds.get()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    clock.advance(Duration::from_secs(90));
+    lag_becomes(90).await;
+    clock.advance(Duration::from_secs(30));
+    lag_becomes(120).await;
+    follower.abort();
+}

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::RedisServer;
+use contact_discovery::clock::Clock;
 use contact_discovery::domain::{ServerSecret, UserId};
 use contact_discovery::server::ratelimit::{FingerprintLimiter, Limited, SharedLimiter};
 use prometheus::IntCounter;
@@ -333,4 +334,60 @@ async fn the_fallback_refuses_a_user_who_spent_the_shared_budget() {
         "and no more"
     );
     assert_eq!(fallbacks.get(), 3);
+}
+
+/// The back-off after a Redis failure is measured on the limiter's clock: with a manual one it
+/// lasts, however much real time passes, until the clock moves a full second; and a clock set
+/// back does not stretch it.
+#[tokio::test]
+async fn the_back_off_follows_the_injected_clock() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
+    let clock = Clock::manual(1_700_000_000);
+    let (limiter, fallbacks) = shared(&proxy.url(), 1, 100, 1);
+    let limiter = limiter.with_clock(clock.clone());
+    // Far above the shared budget: a refusal below can only come from Redis.
+    let local = FingerprintLimiter::new(10_000, 1).unwrap();
+    let alice = user("alice");
+
+    proxy.refuse.store(true, Ordering::SeqCst);
+    assert!(limiter.check(&alice, 10, &local).await.is_ok());
+    assert_eq!(fallbacks.get(), 1);
+    proxy.refuse.store(false, Ordering::SeqCst);
+
+    // Longer than the back-off in real time, but the manual clock stands still.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let tried = proxy.accepted();
+    assert!(limiter.check(&alice, 10, &local).await.is_ok());
+    clock.advance(Duration::from_millis(999));
+    assert!(limiter.check(&alice, 10, &local).await.is_ok());
+    assert_eq!(fallbacks.get(), 3, "both answered locally");
+    assert_eq!(
+        proxy.accepted(),
+        tried,
+        "no connection attempt while backing off"
+    );
+
+    // One second after the failure by the manual clock, Redis is asked again.
+    clock.advance(Duration::from_millis(1));
+    assert!(limiter.check(&alice, 10, &local).await.is_ok());
+    assert_eq!(fallbacks.get(), 3, "answered by Redis");
+    assert_eq!(redis.command(&["DBSIZE"]).as_deref(), Some("1"));
+
+    // A failure, then the clock set back an hour: the back-off still ends within a second.
+    proxy.refuse.store(true, Ordering::SeqCst);
+    proxy.generation.fetch_add(1, Ordering::SeqCst);
+    let limiter = limiter.with_timeout(Duration::from_millis(300));
+    assert!(limiter.check(&alice, 10, &local).await.is_ok());
+    assert_eq!(fallbacks.get(), 4);
+    proxy.refuse.store(false, Ordering::SeqCst);
+    clock.set_secs(1_700_000_000 - 3_600);
+    let tried = proxy.accepted();
+    assert!(limiter.check(&alice, 10, &local).await.is_ok());
+    assert_eq!(
+        fallbacks.get(),
+        4,
+        "answered by Redis, not held off for an hour"
+    );
+    assert!(proxy.accepted() > tried, "a fresh connection");
 }

@@ -161,8 +161,8 @@ impl Application {
             config.epochs.grace.as_secs(),
         )));
         warn_if_insecure(config);
-        let replica = start_replica(config, &keys, &registry, &metrics)?;
-        let limiter = Arc::new(limiter(config, &keys, &metrics)?);
+        let replica = start_replica(config, &keys, &registry, &metrics, &clock)?;
+        let limiter = Arc::new(limiter(config, &keys, &metrics, &clock)?);
         let writer = registry_writer(&registry, replica.as_ref(), &metrics);
         let observe = Observe {
             metrics: Arc::clone(&metrics),
@@ -336,6 +336,7 @@ fn start_replica(
     keys: &Keys,
     registry: &Arc<Registry>,
     metrics: &Arc<Metrics>,
+    clock: &Clock,
 ) -> Result<Option<Arc<Replica>>, StartupError> {
     let replication = &settings.replication;
     let Some(url) = &replication.registry_redis_url else {
@@ -348,6 +349,7 @@ fn start_replica(
         Arc::clone(registry),
         Arc::clone(metrics),
         replication.registry_snapshot_every.get(),
+        clock.clone(),
     )
     .map(Some)
     .map_err(StartupError::Replication)
@@ -355,7 +357,12 @@ fn start_replica(
 
 /// The per-user budget: shared by every replica through Redis when configured (this process's
 /// own as its fallback), else this process's own.
-fn limiter(settings: &Settings, keys: &Keys, metrics: &Metrics) -> Result<Limiter, StartupError> {
+fn limiter(
+    settings: &Settings,
+    keys: &Keys,
+    metrics: &Metrics,
+    clock: &Clock,
+) -> Result<Limiter, StartupError> {
     let limits = &settings.limits;
     let local = FingerprintLimiter::new(
         limits.rate_limit_burst.get(),
@@ -371,7 +378,8 @@ fn limiter(settings: &Settings, keys: &Keys, metrics: &Metrics) -> Result<Limite
         limits.rate_limit_refill_per_day.get(),
         metrics.rate_limit_fallbacks.clone(),
     )
-    .map_err(StartupError::SharedRateLimit)?;
+    .map_err(StartupError::SharedRateLimit)?
+    .with_clock(clock.clone());
     Ok(Limiter::Shared {
         shared: Box::new(shared),
         fallback: local,

@@ -2,6 +2,7 @@
 //! indexes built from it and the task that rotates them, and the registry shared by replicas
 //! through Redis.
 
+pub(crate) mod atomic_file;
 pub mod index;
 pub mod redis_link;
 pub mod registry;

@@ -1,5 +1,5 @@
 //! One Redis server as the replicas' shared state uses it (the registry stream in
-//! `replication.rs`, the rate-limit budgets in `ratelimit/shared.rs`): a client, plus one
+//! `store/replication/`, the rate-limit budgets in `server/ratelimit/shared.rs`): a client, plus one
 //! multiplexed connection opened on first use and dropped after a failure, so the next use
 //! reconnects instead of reusing a connection that may never answer again.
 

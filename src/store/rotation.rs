@@ -38,7 +38,7 @@ pub trait EpochArtefact: Send + Sync + Sized + 'static {
 pub struct LiveIndex<A> {
     /// The artefact.
     pub index: Arc<A>,
-    /// The registry's [`local_sequence`](Registry::version) it reflects.
+    /// The registry's [`local_sequence`](Registry::local_sequence) it reflects.
     pub registry_sequence: u64,
     /// Seconds the build took.
     pub build_seconds: f64,
@@ -249,7 +249,7 @@ impl<A: EpochArtefact> Rotator<A> {
         let now = self.clock.now_secs();
         let policy = self.indexes.policy;
         let wanted = policy.wanted(now);
-        let sequence = self.registry.version();
+        let sequence = self.registry.local_sequence();
         let mut stale = self.indexes.stale(&wanted, sequence);
         if current_only {
             stale.retain(|e| *e == policy.schedule.epoch_at(now));

@@ -126,7 +126,7 @@ impl RegistryWriter {
         Ok(Receipt {
             applied: ops.len(),
             applied_here,
-            local_sequence: self.registry.version(),
+            local_sequence: self.registry.local_sequence(),
             stream_id: Some(id.to_string()),
         })
     }

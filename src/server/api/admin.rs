@@ -235,7 +235,7 @@ pub async fn stats(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "current_epoch": schedule.epoch_at(now).0,
         "epoch_seconds": schedule.length_secs(),
         "registry": {
-            "local_sequence": state.registry.version(),
+            "local_sequence": state.registry.local_sequence(),
             "counts": state.registry.counts(),
             "replication": state.replica.as_ref().map(|r| json!({
                 "synced": r.synced(),

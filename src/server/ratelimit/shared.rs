@@ -16,13 +16,13 @@
 //! burst. (A user who spent it through *other* replicas still has, on this one, what this one has
 //! not seen them spend: at most one budget per replica over an outage.) Each fallback counts in
 //! `contact_discovery_rate_limit_fallbacks_total` and is logged at most every 10 s. After a
-//! failure the replica drops its connection and checks locally for `BACKOFF` before asking
+//! failure the replica drops its connection and checks locally for `BACKOFF_MS` before asking
 //! Redis again, so a hung Redis (or a dead TCP path) costs one slow request per second, not a
 //! 100 ms wait on every request, and the next attempt reconnects instead of reusing a
 //! connection that may never answer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{FingerprintLimiter, Limited};
 use crate::clock::Clock;
@@ -36,8 +36,8 @@ const TIMEOUT: Duration = Duration::from_millis(100);
 const KEY_CONTEXT: &str = "contact-discovery 2026-11 shared rate-limit user key v1";
 /// Fallback warnings at most this often.
 const WARN_EVERY_MS: u64 = 10_000;
-/// After a Redis failure, how long requests are checked locally without asking Redis.
-const BACKOFF: Duration = Duration::from_secs(1);
+/// After a Redis failure, how long (ms) requests are checked locally without asking Redis.
+const BACKOFF_MS: u64 = 1_000;
 
 /// GCRA over `n` cells: KEYS[1] holds the theoretical arrival time (µs); ARGV = emission
 /// interval (µs per fingerprint), tolerance (emission × burst), n. Returns {1, 0} when
@@ -69,11 +69,12 @@ pub struct SharedLimiter {
     burst: u64,
     fallbacks: prometheus::IntCounter,
     last_warn_ms: AtomicU64,
-    /// Origin of `skip_until_ms`.
-    started: Instant,
-    /// Until when (ms after `started`) not to ask Redis; 0 while it works.
+    /// Until when (unix ms by `clock`) not to ask Redis; 0 while it works.
     skip_until_ms: AtomicU64,
     timeout: Duration,
+    /// Wall time for the back-off and the warning interval (the budget itself runs on Redis's
+    /// clock). Tests move a manual one.
+    clock: Clock,
 }
 
 impl SharedLimiter {
@@ -97,10 +98,17 @@ impl SharedLimiter {
             burst: u64::from(burst),
             fallbacks,
             last_warn_ms: AtomicU64::new(0),
-            started: Instant::now(),
             skip_until_ms: AtomicU64::new(0),
             timeout: TIMEOUT,
+            clock: Clock::System,
         })
+    }
+
+    /// The same limiter timing its back-off and warnings by `clock` (the system clock by
+    /// default); the server passes its own, so tests can move time.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The same limiter waiting at most `timeout` for Redis (100 ms by default) before it
@@ -138,7 +146,7 @@ impl SharedLimiter {
                 retry_after_secs: (self.tolerance_us / 1_000_000).max(1),
             });
         }
-        if self.since_start_ms() < self.skip_until_ms.load(Ordering::Relaxed) {
+        if self.backing_off() {
             // Redis failed a moment ago: do not make this request wait for it too.
             self.fallbacks.inc();
             return local.check(user, n);
@@ -159,9 +167,8 @@ impl SharedLimiter {
                     // path is only noticed after minutes): reconnect next time.
                     self.redis.forget();
                 }
-                let backoff_ms = u64::try_from(BACKOFF.as_millis()).unwrap_or(u64::MAX);
                 self.skip_until_ms.store(
-                    self.since_start_ms().saturating_add(backoff_ms),
+                    self.clock.now_millis().saturating_add(BACKOFF_MS),
                     Ordering::Relaxed,
                 );
                 self.fallbacks.inc();
@@ -174,8 +181,12 @@ impl SharedLimiter {
         }
     }
 
-    fn since_start_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// Whether Redis failed less than `BACKOFF_MS` ago. A wall clock stepped back does not
+    /// stretch the back-off: it never lasts more than `BACKOFF_MS` from now.
+    fn backing_off(&self) -> bool {
+        let until = self.skip_until_ms.load(Ordering::Relaxed);
+        let now = self.clock.now_millis();
+        now < until && until - now <= BACKOFF_MS
     }
 
     async fn ask_redis(&self, user: &UserId, n: u64) -> Result<Result<(), Limited>, ()> {
@@ -204,7 +215,7 @@ impl SharedLimiter {
     }
 
     fn warn(&self, why: &'static str) {
-        let now = Clock::System.now_millis();
+        let now = self.clock.now_millis();
         let last = self.last_warn_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= WARN_EVERY_MS
             && self

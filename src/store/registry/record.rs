@@ -1,4 +1,4 @@
-//! The byte formats of the registry's files: snapshot entries and log records.
+//! The byte format of the registry log's records (the snapshot's is in `snapshot.rs`).
 //!
 //! A log record is `u32 LE payload length | u32 LE crc32(payload) | payload`, the payload a run of
 //! 9-byte operations `op (1 add, 2 remove, 3 hide) | u64 LE number`. One admin request is one
@@ -8,16 +8,12 @@ use crate::domain::E164;
 
 /// Magic at the start of the log file.
 pub const LOG_MAGIC: &[u8; 8] = b"CDLOG001";
-/// Magic at the start of the snapshot file.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP01";
 /// Bytes of record header: length and checksum.
 pub const RECORD_HEADER: usize = 8;
 /// Bytes of one encoded operation.
 pub const OP_BYTES: usize = 9;
 /// Largest payload a record may declare (protects the reader from absurd lengths).
 pub const MAX_RECORD_PAYLOAD: usize = 64 << 20;
-/// Bit set in a snapshot entry for a hidden (registered, not discoverable) number.
-pub const HIDDEN_BIT: u64 = 1 << 63;
 
 /// One change to the registry. Each sets a number's state absolutely, so replaying an operation
 /// twice is harmless: this is what makes snapshot + log recovery simple.
@@ -57,6 +53,9 @@ pub enum RecordError {
     #[error("record holds an invalid operation")]
     BadOp,
 }
+
+// Reaches logs (a torn log tail's reason): says what is wrong, never what the record holds.
+impl crate::log_safe::LogSafe for RecordError {}
 
 /// Encodes `ops` as one record.
 pub fn encode_record(ops: &[Op]) -> Vec<u8> {
