@@ -267,6 +267,104 @@ mod tests {
         ));
     }
 
+    /// The error a request is refused with.
+    fn refusal(format: Format, body: &[u8], max_batch: usize) -> DecodeError {
+        match decode_request(format, body, max_batch) {
+            Ok(request) => panic!("accepted {} fingerprints", request.fingerprints.len()),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn batch_limit_admits_exactly_max_batch() {
+        for format in [Format::Binary, Format::Json] {
+            let body = encode_request(format, 1, &fps(&[1, 2, 3]));
+            let decoded = decode_request(format, &body, 3).unwrap();
+            assert_eq!(&decoded.fingerprints[..], &fps(&[1, 2, 3])[..]);
+            assert_eq!(
+                refusal(format, &body, 2),
+                DecodeError::BatchTooLarge { max: 2 }
+            );
+        }
+    }
+
+    #[test]
+    fn binary_refusals_name_the_short_fingerprint() {
+        assert_eq!(
+            refusal(Format::Binary, &[0; 7], 10),
+            DecodeError::MissingEpoch
+        );
+        // Two whole fingerprints and three stray bytes: the third one is short.
+        assert_eq!(
+            refusal(Format::Binary, &[0; 8 + 16 + 3], 10),
+            DecodeError::FingerprintLength { index: 2 }
+        );
+    }
+
+    #[test]
+    fn json_refusals_name_the_first_bad_fingerprint_and_its_kind() {
+        let good = encode_fingerprint(Fingerprint::from_bytes(*b"goodfpfp"));
+        let body = |items: &str| format!(r#"{{"epoch":1,"fingerprints":[{items}]}}"#);
+        let cases = [
+            // Decodes, but to 3 bytes.
+            (
+                format!(r#""{good}","AAAA","!!""#),
+                DecodeError::FingerprintLength { index: 1 },
+            ),
+            (
+                format!(r#""{good}","{good}","!!!!","AAAA""#),
+                DecodeError::NotBase64 { index: 2 },
+            ),
+            // Sixteen characters might still be base64 (of 12 bytes): this is simply not base64.
+            (
+                format!(r#""{}""#, "!".repeat(16)),
+                DecodeError::NotBase64 { index: 0 },
+            ),
+            // Seventeen characters cannot be 8 bytes, whatever they are.
+            (
+                format!(r#""{}""#, "A".repeat(17)),
+                DecodeError::FingerprintLength { index: 0 },
+            ),
+        ];
+        for (items, want) in cases {
+            assert_eq!(
+                refusal(Format::Json, body(&items).as_bytes(), 10),
+                want,
+                "{items}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_request_is_one_object_with_each_field_once() {
+        let wrong_shape = [
+            r#"{"epoch":1,"epoch":1,"fingerprints":[]}"#,
+            r#"{"epoch":1,"fingerprints":[],"fingerprints":[]}"#,
+            r#"{"epoch":1,"fingerprints":[],"extra":0}"#,
+            r#"{"epoch":1}"#,
+            r#"{"fingerprints":[]}"#,
+            r#"[1,[]]"#,
+            r#"{"epoch":"1","fingerprints":[]}"#,
+        ];
+        for body in wrong_shape {
+            let err = refusal(Format::Json, body.as_bytes(), 10);
+            assert!(
+                matches!(err, DecodeError::WrongShape { .. }),
+                "{body}: {err:?}"
+            );
+        }
+        for body in ["", "{", r#"{"epoch":1,"fingerprints":["#, "not json"] {
+            let err = refusal(Format::Json, body.as_bytes(), 10);
+            assert!(
+                matches!(err, DecodeError::NotJson { .. }),
+                "{body}: {err:?}"
+            );
+        }
+        let decoded =
+            decode_request(Format::Json, br#"{"fingerprints":[],"epoch":7}"#, 10).unwrap();
+        assert_eq!((decoded.epoch, decoded.fingerprints.len()), (7, 0));
+    }
+
     proptest! {
         #[test]
         fn requests_round_trip(epoch in any::<u64>(), keys in proptest::collection::vec(any::<u64>(), 0..100)) {
