@@ -95,9 +95,12 @@ async fn request_and_response_buffers_are_wiped_before_they_are_freed() {
     for _ in 0..4 {
         binary.extend_from_slice(&raw);
     }
-    let text = text.as_str();
-    let json = format!(r#"{{"epoch":7,"fingerprints":["{text}","{text}"]}}"#).into_bytes();
-    for (format, request, count) in [(Format::Binary, binary, 4), (Format::Json, json, 2)] {
+    // JSON with more fingerprints than the decoder's first allocation (64), so the list grows
+    // while decoding: that growth must wipe the block it leaves (a plain `Vec::push` would not).
+    let quoted = format!("\"{}\"", text.as_str());
+    let list = vec![quoted.as_str(); 100].join(",");
+    let json = format!(r#"{{"epoch":7,"fingerprints":[{list}]}}"#).into_bytes();
+    for (format, request, count) in [(Format::Binary, binary, 4), (Format::Json, json, 100)] {
         let found = freed_with_marker(async {
             // The test's own copy is wiped too, so only the code under test can leak.
             let mut bytes = Zeroizing::new(request);
