@@ -5,13 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The replica tests start a real Redis on loopback (shared registry stream and rate limits);
-# the Redis TLS test makes its certificates with openssl.
+# the Redis TLS test makes its certificates with openssl; tests/prometheus.rs runs a real
+# Prometheus and promtool (Debian's prometheus package).
 missing=()
 command -v redis-server > /dev/null || missing+=(redis-server)
 command -v openssl > /dev/null || missing+=(openssl)
+command -v prometheus > /dev/null && command -v promtool > /dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" > /dev/null
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
 fi
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets --all-features -- -D warnings

@@ -157,9 +157,11 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
+        // From 10 µs: most discovery answers take well under 100 µs, and a lowest bucket of
+        // 100 µs made every percentile an interpolation inside it.
         let latency = vec![
-            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-            1.0, 2.5,
+            0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01,
+            0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];
         let m = Self {
             http_requests: IntCounterVec::new(
