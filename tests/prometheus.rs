@@ -361,3 +361,53 @@ fn promtool_accepts_the_rules() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `deploy/prometheus/alerts.test.yml` passes `promtool test rules`, and it tests every alert of
+/// `alerts.yml` both ways: at least one evaluation where it fires and one where it must not.
+#[test]
+fn promtool_unit_tests_cover_every_alert_and_pass() {
+    let read = |name: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(deploy_dir().join("prometheus").join(name)).unwrap();
+        serde_saphyr::from_str(&text).unwrap_or_else(|err| panic!("{name}: {err}"))
+    };
+    let rules = read("alerts.yml");
+    let alerts: BTreeSet<String> = rules["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["alert"].as_str().map(str::to_owned))
+        .collect();
+    assert!(alerts.len() >= 10, "{alerts:?}");
+    let tests = read("alerts.test.yml");
+    let (mut fires, mut quiet) = (BTreeSet::new(), BTreeSet::new());
+    for case in tests["tests"].as_array().into_iter().flatten() {
+        for eval in case["alert_rule_test"].as_array().into_iter().flatten() {
+            let name = eval["alertname"].as_str().unwrap_or_default().to_owned();
+            match eval["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()) {
+                true => fires.insert(name),
+                false => quiet.insert(name),
+            };
+        }
+    }
+    let untested: Vec<_> = alerts
+        .iter()
+        .filter(|a| !fires.contains(*a) || !quiet.contains(*a))
+        .collect();
+    assert!(
+        untested.is_empty(),
+        "alerts not tested both ways: {untested:?}"
+    );
+
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(deploy_dir().join("prometheus/alerts.test.yml"))
+        .output()
+        .expect("`promtool` is on PATH (Debian's prometheus package; scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
