@@ -18,6 +18,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets --all-features -- -D warnings
+# What we depend on (deny.toml): licences, duplicate versions, crate sources. cargo-deny comes
+# from the Rust crate registry. The advisory database cannot be fetched here: see deny.toml.
+command -v cargo-deny > /dev/null || cargo install --locked --quiet cargo-deny
+cargo deny --offline check licenses bans sources
 # The client library builds without the server stack: `protocol` and `client` compile with the
 # server code compiled out (so neither can import it); the dependency tree holds no axum, Redis
 # or Prometheus, and hyper only as reqwest's HTTP client (its `server` features never enabled).
