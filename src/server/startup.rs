@@ -19,6 +19,7 @@ use crate::domain::secret::{self, KeyFileError};
 use crate::domain::{CredentialKey, ServerSecret};
 use crate::metrics::Metrics;
 use crate::server::api::body::BodyPace;
+use crate::server::api::caller::CredentialCheck;
 use crate::server::api::overload::UserInFlight;
 use crate::server::api::state::{Admin, Public};
 use crate::server::api::{
@@ -403,15 +404,18 @@ fn registry_writer(
     }
 }
 
-/// How callers are identified: by credential, unless `--insecure-no-auth`.
+/// How callers are identified: by credential, unless `--insecure-no-auth` (where a valid
+/// credential still names its user and anything else is the anonymous user).
 fn authenticator(settings: &Settings, keys: &Keys) -> Authenticator {
-    if settings.auth.insecure_no_auth {
-        return Authenticator::InsecureNoAuth;
-    }
-    Authenticator::Credentials {
+    let check = CredentialCheck {
         key: keys.credential_key.clone(),
         previous: keys.previous_credential_key.clone(),
         max_ttl_secs: settings.auth.max_credential_ttl.as_secs(),
+    };
+    if settings.auth.insecure_no_auth {
+        Authenticator::InsecureNoAuth(check)
+    } else {
+        Authenticator::Credentials(check)
     }
 }
 

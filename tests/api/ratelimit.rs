@@ -206,3 +206,39 @@ async fn rate_limited_requests_are_counted_in_metrics() {
     assert_eq!(after - before, 3.0);
     app.stop().await;
 }
+
+/// `--insecure-no-auth`: a request with a valid credential is still charged to its own user, so
+/// a load test's users each keep their budget; requests without one (or with a forged one) share
+/// the anonymous user's.
+#[tokio::test]
+async fn insecure_mode_charges_a_valid_credentials_user_not_everyone() {
+    let app = spawn_app_with(|c| {
+        c.limits.rate_limit_burst = NonZero::new(BURST as u32).unwrap();
+        c.limits.rate_limit_refill_per_day = NonZero::new(1).unwrap();
+        c.limits.max_batch = NonZero::new(BURST).unwrap();
+        c.auth.insecure_no_auth = true;
+    })
+    .await;
+    app.change(&[REGISTERED], &[], &[]).await;
+    assert_eq!(ask(&app, "alice", Format::Binary, BURST).await.0, 200);
+    assert_rate_limited(&ask(&app, "alice", Format::Binary, 1).await);
+    // Bob's budget is his own, not the one alice spent.
+    assert_eq!(ask(&app, "bob", Format::Binary, BURST).await.0, 200);
+
+    let (epoch, fps) = batch(&app, BURST).await;
+    let body = protocol::encode_request(Format::Binary, epoch, &fps);
+    let anonymous = app
+        .discover_raw(Format::Binary.content_type(), None, body.clone())
+        .await;
+    assert_eq!(anonymous.0, 200, "no credential is the anonymous user");
+    // A forged credential is not a user: it is charged to the anonymous budget, now spent.
+    let forged = app
+        .discover_raw(
+            Format::Binary.content_type(),
+            Some("carol.99999999999.AAAA"),
+            body,
+        )
+        .await;
+    assert_rate_limited(&forged);
+    app.stop().await;
+}

@@ -16,22 +16,27 @@ const ANONYMOUS: &str = "insecure-anonymous";
 
 /// How callers are identified.
 pub enum Authenticator {
-    /// A bearer credential MAC'd with `key` (or, during a key rotation, `previous`), not
-    /// expiring later than `max_ttl_secs` from now.
-    Credentials {
-        /// Verifies credentials.
-        key: CredentialKey,
-        /// The key being rotated out, still accepted (`--previous-credential-key-file`).
-        previous: Option<CredentialKey>,
-        /// Longest credential lifetime accepted, seconds.
-        max_ttl_secs: u64,
-    },
-    /// `--insecure-no-auth` (demos only): every request is the one anonymous user.
-    InsecureNoAuth,
+    /// A valid bearer credential is required.
+    Credentials(CredentialCheck),
+    /// `--insecure-no-auth` (demos and load tests only): a request with a valid credential is
+    /// still its user (so per-user budgets keep working); any other request is the one
+    /// anonymous user.
+    InsecureNoAuth(CredentialCheck),
 }
 
-/// An authenticated caller. While it lives it holds one of its user's in-flight slots (not in
-/// insecure mode, where every request shares one user id and capping it would cap everyone).
+/// What a credential is checked against.
+pub struct CredentialCheck {
+    /// Verifies credentials.
+    pub key: CredentialKey,
+    /// The key being rotated out, still accepted (`--previous-credential-key-file`).
+    pub previous: Option<CredentialKey>,
+    /// Longest credential lifetime accepted, seconds.
+    pub max_ttl_secs: u64,
+}
+
+/// An authenticated caller. While it lives it holds one of its user's in-flight slots (not the
+/// anonymous user of insecure mode, which every credential-less request shares: capping it
+/// would cap everyone).
 pub struct Caller {
     /// The credential's user: the rate limit's key, never logged.
     pub user: UserId,
@@ -42,25 +47,37 @@ impl FromRequestParts<PublicState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &PublicState) -> Result<Self, ApiError> {
-        match &state.authenticator {
-            Authenticator::InsecureNoAuth => Ok(Caller {
-                user: UserId::parse(ANONYMOUS).map_err(|_| ApiError::MissingCredential)?,
-                _slot: None,
-            }),
-            Authenticator::Credentials {
-                key,
-                previous,
-                max_ttl_secs,
-            } => {
-                let now = state.clock.now_secs();
-                let user = verify(&parts.headers, key, previous.as_ref(), now, *max_ttl_secs)?;
-                let slot = state.user_in_flight.enter(&user)?;
-                Ok(Caller {
-                    user,
-                    _slot: Some(slot),
-                })
-            }
-        }
+        let now = state.clock.now_secs();
+        let user = match &state.authenticator {
+            Authenticator::Credentials(check) => check.verify(&parts.headers, now)?,
+            Authenticator::InsecureNoAuth(check) => match check.verify(&parts.headers, now) {
+                Ok(user) => user,
+                Err(_) => {
+                    return Ok(Caller {
+                        user: UserId::parse(ANONYMOUS).map_err(|_| ApiError::MissingCredential)?,
+                        _slot: None,
+                    });
+                }
+            },
+        };
+        let slot = state.user_in_flight.enter(&user)?;
+        Ok(Caller {
+            user,
+            _slot: Some(slot),
+        })
+    }
+}
+
+impl CredentialCheck {
+    /// Checks the bearer credential of `headers` at `now` and returns its user.
+    fn verify(&self, headers: &axum::http::HeaderMap, now: u64) -> Result<UserId, ApiError> {
+        verify(
+            headers,
+            &self.key,
+            self.previous.as_ref(),
+            now,
+            self.max_ttl_secs,
+        )
     }
 }
 
