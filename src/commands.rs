@@ -145,10 +145,11 @@ pub fn registry_import(
     let (registry, _) = Registry::open(data_dir)?;
     registry.import(&entries)?;
     eprintln!(
-        "imported {} numbers ({} invalid lines skipped); registry now holds {:?}",
+        "imported {} numbers ({} invalid lines skipped); registry now holds {} discoverable and {} hidden",
         entries.len(),
         bad.len(),
-        registry.counts()
+        registry.counts().discoverable,
+        registry.counts().hidden
     );
     Ok(entries.len())
 }

@@ -505,6 +505,12 @@ fn registry_import_is_all_or_nothing_and_reports_line_numbers() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(export(&data), vec!["+15550000001", "+15550000003 hidden"]);
+    // A summary in words, not Rust's debug form of the counts.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("registry now holds 1 discoverable and 1 hidden"),
+        "{stderr}"
+    );
 }
 
 #[test]

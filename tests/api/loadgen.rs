@@ -111,3 +111,30 @@ async fn loadgen_gets_real_answers_and_follows_an_epoch_change() {
             .sum::<u64>()
     );
 }
+
+/// A closed-loop run has no target rate: the report says how many connections it kept busy
+/// instead of a schedule it did not follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_loop_run_reports_its_connections_not_a_rate() {
+    let app =
+        spawn_app_with(|c| c.auth.max_credential_ttl = Duration::from_secs(u64::MAX / 4)).await;
+    let numbers: Vec<String> = generate::numbers(300, 1)
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let refs: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    app.change(&refs, &[], &[]).await;
+    let mut args = args(format!("http://{}", app.public), app.data_dir.clone());
+    args.closed = true;
+    args.max_in_flight = 3;
+    args.duration = Duration::from_secs(1);
+    let report = run(&args).await.unwrap();
+    let j = report.as_json();
+    assert!(j["ok"].as_u64().unwrap() > 0, "{j}");
+    assert!(j["target_rate"].is_null(), "{j}");
+    assert_eq!(j["closed_loop_in_flight"], 3, "{j}");
+    let text = report.render_text();
+    assert!(text.contains("in a closed loop on 3 connections"), "{text}");
+    assert!(!text.contains("scheduled at"), "{text}");
+    app.stop().await;
+}

@@ -86,7 +86,9 @@ impl Report {
             "server": i.args.server,
             "encoding": format!("{:?}", i.args.encoding).to_lowercase(),
             "batch": format!("{:?}", i.args.batch),
-            "target_rate": i.args.rate,
+            // A closed loop has no target rate: it sends as answers come back.
+            "target_rate": (!i.args.closed).then_some(i.args.rate),
+            "closed_loop_in_flight": i.args.closed.then_some(i.args.max_in_flight),
             "duration_s": i.args.duration.as_secs_f64(),
             "scheduled": i.scheduled,
             "completed": completed,
@@ -136,12 +138,15 @@ impl Report {
         }
         let f = |k: &str| j[k].as_f64().unwrap_or(0.0);
         let mut out = String::new();
+        let pace = match j["closed_loop_in_flight"].as_u64() {
+            Some(in_flight) => format!("in a closed loop on {in_flight} connections"),
+            None => format!("scheduled at {:.0}/s", f("target_rate")),
+        };
         let _ = writeln!(
             out,
-            "{} requests of {} scheduled at {:.0}/s for {:.1}s ({} encoding, batch {})",
+            "{} requests of {} {pace} for {:.1}s ({} encoding, batch {})",
             j["completed"],
             j["scheduled"],
-            f("target_rate"),
             f("duration_s"),
             j["encoding"].as_str().unwrap_or(""),
             j["batch"].as_str().unwrap_or("")
