@@ -348,18 +348,24 @@ fn selectors_are_names_with_their_matchers() {
     );
 }
 
-#[test]
-fn promtool_accepts_the_rules() {
+/// Runs `promtool <args> deploy/prometheus/<file>` and asserts it succeeds.
+fn promtool(args: &[&str], file: &str) {
     let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(deploy_dir().join("prometheus/alerts.yml"))
+        .args(args)
+        .arg(deploy_dir().join("prometheus").join(file))
         .output()
         .expect("`promtool` is on PATH (Debian's prometheus package; scripts/test.sh installs it)");
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        "promtool {args:?} {file}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn promtool_accepts_the_rules() {
+    promtool(&["check", "rules"], "alerts.yml");
 }
 
 /// `deploy/prometheus/alerts.test.yml` passes `promtool test rules`, and it tests every alert of
@@ -399,15 +405,5 @@ fn promtool_unit_tests_cover_every_alert_and_pass() {
         "alerts not tested both ways: {untested:?}"
     );
 
-    let out = Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(deploy_dir().join("prometheus/alerts.test.yml"))
-        .output()
-        .expect("`promtool` is on PATH (Debian's prometheus package; scripts/test.sh installs it)");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool(&["test", "rules"], "alerts.test.yml");
 }

@@ -36,9 +36,9 @@ fn args(server: String, data_dir: std::path::PathBuf) -> LoadgenArgs {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loadgen_gets_real_answers_and_follows_an_epoch_change() {
-    // Credentials are minted on the system clock; the app runs on a manual one.
+/// An app with the 300 numbers of seed 1 registered, accepting long-lived credentials (they
+/// are minted on the system clock; the app runs on a manual one).
+async fn app_with_300_numbers() -> crate::helpers::TestApp {
     let app =
         spawn_app_with(|c| c.auth.max_credential_ttl = Duration::from_secs(u64::MAX / 4)).await;
     let numbers: Vec<String> = generate::numbers(300, 1)
@@ -47,6 +47,12 @@ async fn loadgen_gets_real_answers_and_follows_an_epoch_change() {
         .collect();
     let refs: Vec<&str> = numbers.iter().map(String::as_str).collect();
     app.change(&refs, &[], &[]).await;
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_gets_real_answers_and_follows_an_epoch_change() {
+    let app = app_with_300_numbers().await;
 
     let mut args = args(format!("http://{}", app.public), app.data_dir.clone());
     let report = run(&args).await.unwrap();
@@ -116,14 +122,7 @@ async fn loadgen_gets_real_answers_and_follows_an_epoch_change() {
 /// instead of a schedule it did not follow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_loop_run_reports_its_connections_not_a_rate() {
-    let app =
-        spawn_app_with(|c| c.auth.max_credential_ttl = Duration::from_secs(u64::MAX / 4)).await;
-    let numbers: Vec<String> = generate::numbers(300, 1)
-        .iter()
-        .map(|n| n.to_string())
-        .collect();
-    let refs: Vec<&str> = numbers.iter().map(String::as_str).collect();
-    app.change(&refs, &[], &[]).await;
+    let app = app_with_300_numbers().await;
     let mut args = args(format!("http://{}", app.public), app.data_dir.clone());
     args.closed = true;
     args.max_in_flight = 3;
