@@ -19,6 +19,22 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
 }
 
+/// A YAML file of `deploy/prometheus/`.
+fn prometheus_yaml(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(deploy_dir().join("prometheus").join(name)).unwrap();
+    serde_saphyr::from_str(&text).unwrap_or_else(|err| panic!("{name}: {err}"))
+}
+
+/// The rules of `alerts.yml`, every group's.
+fn alert_rules() -> Vec<serde_json::Value> {
+    prometheus_yaml("alerts.yml")["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
 /// Every PromQL expression of the dashboard and of the alert rules.
 fn queried_expressions() -> Vec<String> {
     let dashboard: serde_json::Value = serde_json::from_str(
@@ -33,25 +49,11 @@ fn queried_expressions() -> Vec<String> {
         .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
         .filter_map(|target| target["expr"].as_str().map(str::to_owned))
         .collect();
-    let rules = std::fs::read_to_string(deploy_dir().join("prometheus/alerts.yml")).unwrap();
-    // Each rule's `expr`, a one-line value or a `|` block indented below it.
-    let lines: Vec<&str> = rules.lines().collect();
-    for (i, line) in lines.iter().enumerate() {
-        let Some(value) = line.trim_start().strip_prefix("expr:") else {
-            continue;
-        };
-        if value.trim() != "|" {
-            exprs.push(value.trim().to_owned());
-            continue;
-        }
-        let indent = line.len() - line.trim_start().len();
-        let block: Vec<&str> = lines[i + 1..]
+    exprs.extend(
+        alert_rules()
             .iter()
-            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
-            .map(|l| l.trim())
-            .collect();
-        exprs.push(block.join(" "));
-    }
+            .filter_map(|rule| rule["expr"].as_str().map(str::to_owned)),
+    );
     exprs
 }
 
@@ -372,20 +374,12 @@ fn promtool_accepts_the_rules() {
 /// `alerts.yml` both ways: at least one evaluation where it fires and one where it must not.
 #[test]
 fn promtool_unit_tests_cover_every_alert_and_pass() {
-    let read = |name: &str| -> serde_json::Value {
-        let text = std::fs::read_to_string(deploy_dir().join("prometheus").join(name)).unwrap();
-        serde_saphyr::from_str(&text).unwrap_or_else(|err| panic!("{name}: {err}"))
-    };
-    let rules = read("alerts.yml");
-    let alerts: BTreeSet<String> = rules["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-        .filter_map(|r| r["alert"].as_str().map(str::to_owned))
+    let alerts: BTreeSet<String> = alert_rules()
+        .iter()
+        .filter_map(|rule| rule["alert"].as_str().map(str::to_owned))
         .collect();
     assert!(alerts.len() >= 10, "{alerts:?}");
-    let tests = read("alerts.test.yml");
+    let tests = prometheus_yaml("alerts.test.yml");
     let (mut fires, mut quiet) = (BTreeSet::new(), BTreeSet::new());
     for case in tests["tests"].as_array().into_iter().flatten() {
         for eval in case["alert_rule_test"].as_array().into_iter().flatten() {
