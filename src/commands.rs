@@ -207,6 +207,8 @@ pub struct DiscoverArgs {
     pub contacts: PathBuf,
     /// Region for national-format numbers, e.g. `DE`.
     pub region: Option<String>,
+    /// Further CSV columns holding phone numbers (`--phone-column`).
+    pub phone_columns: Vec<String>,
     /// Request encoding.
     pub format: crate::protocol::Format,
     /// Print JSON instead of text.
@@ -220,12 +222,13 @@ pub struct DiscoverArgs {
 pub async fn discover(
     args: &DiscoverArgs,
 ) -> Result<crate::client::report::DiscoveryReport, CommandError> {
-    use crate::client::addressbook::read_file;
+    use crate::client::addressbook::read_file_with_phone_columns;
     use crate::client::normalise::{Normaliser, normalise_book};
     use crate::client::report::DiscoveryReport;
     use crate::client::{Client, ClientConfig};
 
-    let contacts = read_file(&args.contacts).map_err(|e| CommandError::Refused(e.to_string()))?;
+    let contacts = read_file_with_phone_columns(&args.contacts, &args.phone_columns)
+        .map_err(|e| CommandError::Refused(e.to_string()))?;
     let normaliser = Normaliser::new(args.region.as_deref())
         .map_err(|e| CommandError::Refused(format!("--region: {e}")))?;
     let book = normalise_book(&contacts, &normaliser);

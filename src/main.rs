@@ -96,9 +96,13 @@ enum Command {
         /// Credential from the messaging backend (see `credential`).
         #[arg(long, env = "CONTACT_DISCOVERY_CREDENTIAL", hide_env_values = true)]
         credential: Option<String>,
-        /// Address book: a vCard (.vcf) or CSV (Google or Outlook) export.
+        /// Address book: a vCard (.vcf) or CSV export (Google, Outlook, Thunderbird, or a sheet
+        /// with a Phone/Mobile/Telephone column).
         #[arg(long)]
         contacts: PathBuf,
+        /// A CSV column that holds phone numbers, besides the known ones (any case; repeatable).
+        #[arg(long = "phone-column", value_name = "NAME")]
+        phone_columns: Vec<String>,
         /// Region for numbers written in national form, e.g. DE or US.
         #[arg(long)]
         region: Option<String>,
@@ -171,6 +175,7 @@ fn main() -> ExitCode {
             server,
             credential,
             contacts,
+            phone_columns,
             region,
             json,
             encoding,
@@ -180,6 +185,7 @@ fn main() -> ExitCode {
             credential,
             contacts,
             region,
+            phone_columns,
             format: encoding,
             json,
             timeout,

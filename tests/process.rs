@@ -619,6 +619,30 @@ async fn discover_cli_finds_the_registered_example_contacts() {
     assert!(last.contains(&format!("{} registered", expected)), "{last}");
     assert!(last.contains("1 unparseable"), "{last}");
 
+    // A sheet with a phone column of its own name: refused with a hint, read with the hint.
+    let sheet = book_path.with_file_name("sheet.csv");
+    std::fs::write(&sheet, "Who,Handy\nAnna,+4915112345678\n").unwrap();
+    let ask = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["discover", "--server", &format!("http://{}", server.public)])
+            .args(["--credential", &token, "--json", "--contacts"])
+            .arg(&sheet)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = ask(&[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--phone-column"));
+    let read = ask(&["--phone-column", "handy"]);
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(report["summary"]["unique_numbers"], 1, "{report}");
+
     // Without a credential the CLI fails with the server's reason, not a crash.
     let out = Command::new(BIN)
         .args([

@@ -59,8 +59,8 @@ pub enum AddressBookError {
         #[source]
         source: csv::Error,
     },
-    /// The CSV header has none of the phone columns Google or Outlook exports use.
-    #[error("CSV: no phone column; looked for {GOOGLE_PHONE_COLUMNS} (Google) or {} (Outlook)", OUTLOOK_PHONE_COLUMNS.join(", "))]
+    /// The CSV header has none of the phone columns the common exports and hand-made sheets use.
+    #[error("CSV: no phone column; looked for {GOOGLE_PHONE_COLUMNS} (Google), {} (Outlook), {} (Thunderbird and hand-made sheets), any case; name yours with --phone-column", OUTLOOK_PHONE_COLUMNS.join(", "), OTHER_PHONE_COLUMNS.join(", "))]
     NoPhoneColumn,
     /// The file is neither vCard nor CSV by extension or content.
     #[error("{}: not an address book; expected a vCard (.vcf, .vcard) or a CSV export (.csv)", path.display())]
@@ -202,11 +202,28 @@ const OUTLOOK_PHONE_COLUMNS: &[&str] = &[
     "TTY/TDD Phone",
 ];
 
+/// Thunderbird's CSV export and the headings people give sheets they make by hand.
+const OTHER_PHONE_COLUMNS: &[&str] = &[
+    "Mobile Number",
+    "Work Phone",
+    "Fax Number",
+    "Pager Number",
+    "Phone",
+    "Phone Number",
+    "Mobile",
+    "Mobile Phone Number",
+    "Cell",
+    "Cell Phone",
+    "Telephone",
+    "Tel",
+];
+
 /// Google puts several numbers of one type into one cell, separated by this.
 const GOOGLE_CELL_SEPARATOR: &str = ":::";
 
-/// Whether a (trimmed, lower-cased) header names a phone column.
-fn is_phone_column(header: &str) -> bool {
+/// Whether a (trimmed, lower-cased) header names a phone column: a known one, or one of
+/// `extra` (the caller's `--phone-column`s, any case).
+fn is_phone_column(header: &str, extra: &[String]) -> bool {
     let google = header
         .strip_prefix("phone ")
         .and_then(|rest| rest.strip_suffix(" - value"))
@@ -214,7 +231,11 @@ fn is_phone_column(header: &str) -> bool {
     google
         || OUTLOOK_PHONE_COLUMNS
             .iter()
+            .chain(OTHER_PHONE_COLUMNS)
             .any(|column| column.eq_ignore_ascii_case(header))
+        || extra
+            .iter()
+            .any(|column| column.trim().eq_ignore_ascii_case(header))
 }
 
 /// Where the name parts of a CSV row are.
@@ -293,6 +314,15 @@ impl NameColumns {
 /// that is not UTF-8 (old Outlook exports use the Windows code page) is decoded lossily: names may
 /// show replacement characters, but digits survive.
 pub fn read_csv(bytes: &[u8]) -> Result<Vec<Contact>, AddressBookError> {
+    read_csv_with_phone_columns(bytes, &[])
+}
+
+/// [`read_csv`], also taking the columns named in `extra` (matched like the known ones) as
+/// phone columns.
+pub fn read_csv_with_phone_columns(
+    bytes: &[u8],
+    extra: &[String],
+) -> Result<Vec<Contact>, AddressBookError> {
     let text = decode(bytes);
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
@@ -305,7 +335,7 @@ pub fn read_csv(bytes: &[u8]) -> Result<Vec<Contact>, AddressBookError> {
         .map(|h| String::from_utf8_lossy(h).trim().to_lowercase())
         .collect();
     let phones: Vec<usize> = (0..headers.len())
-        .filter(|&i| is_phone_column(&headers[i]))
+        .filter(|&i| is_phone_column(&headers[i], extra))
         .collect();
     if phones.is_empty() {
         return Err(AddressBookError::NoPhoneColumn);
@@ -378,6 +408,15 @@ fn looks_like_vcard(text: &str) -> bool {
 /// Reads an address book file: vCard for `.vcf`/`.vcard`, CSV for `.csv`; any other name is
 /// read as vCard if it starts with `BEGIN:VCARD`, else as CSV if it has phone columns.
 pub fn read_file(path: &Path) -> Result<Vec<Contact>, AddressBookError> {
+    read_file_with_phone_columns(path, &[])
+}
+
+/// [`read_file`], with `extra` phone columns for a CSV file (see
+/// [`read_csv_with_phone_columns`]).
+pub fn read_file_with_phone_columns(
+    path: &Path,
+    extra: &[String],
+) -> Result<Vec<Contact>, AddressBookError> {
     let bytes = std::fs::read(path).map_err(|source| AddressBookError::Io {
         path: path.to_owned(),
         source,
@@ -388,13 +427,13 @@ pub fn read_file(path: &Path) -> Result<Vec<Contact>, AddressBookError> {
         .map(str::to_ascii_lowercase);
     match extension.as_deref() {
         Some("vcf" | "vcard") => read_vcard(&decode(&bytes)),
-        Some("csv") => read_csv(&bytes),
+        Some("csv") => read_csv_with_phone_columns(&bytes, extra),
         _ => {
             let text = decode(&bytes);
             if looks_like_vcard(&text) {
                 read_vcard(&text)
             } else {
-                read_csv(&bytes).map_err(|error| match error {
+                read_csv_with_phone_columns(&bytes, extra).map_err(|error| match error {
                     AddressBookError::NoPhoneColumn | AddressBookError::Csv { .. } => {
                         AddressBookError::UnknownFormat {
                             path: path.to_owned(),
@@ -571,12 +610,46 @@ mod tests {
     }
 
     #[test]
+    fn thunderbird_and_hand_made_sheets_are_read() {
+        let thunderbird = "First Name,Last Name,Display Name,Work Phone,Home Phone,Fax Number,Pager Number,Mobile Number\n\
+                           Anna,Berg,Anna Berg,+49 30 1234567,,,,+49 151 1234567\n";
+        let contacts = read_csv(thunderbird.as_bytes()).unwrap();
+        assert_eq!(names(&contacts), ["Anna Berg"]);
+        assert_eq!(numbers(&contacts[0]), ["+49 30 1234567", "+49 151 1234567"]);
+        for header in [
+            "Name,Phone",
+            "name,MOBILE",
+            "Name, Telephone ",
+            "Name,Cell Phone",
+        ] {
+            let sheet = format!("{header}\nZoë,+1 212 555 0107\n");
+            let contacts = read_csv(sheet.as_bytes()).unwrap();
+            assert_eq!(numbers(&contacts[0]), ["+1 212 555 0107"], "{header}");
+        }
+    }
+
+    #[test]
+    fn a_named_phone_column_is_read_in_any_case() {
+        let sheet = b"Who,Handy,Notes\nAnna,+49 151 1234567,call after six\n";
+        assert!(matches!(
+            read_csv(sheet),
+            Err(AddressBookError::NoPhoneColumn)
+        ));
+        let contacts = read_csv_with_phone_columns(sheet, &[" handy ".to_owned()]).unwrap();
+        assert_eq!(numbers(&contacts[0]), ["+49 151 1234567"]);
+        // Only the named column is taken: the notes are not a number.
+        assert_eq!(contacts[0].numbers.len(), 1);
+    }
+
+    #[test]
     fn csv_without_phone_columns_says_what_it_looked_for() {
         let error = read_csv(b"Name,E-mail 1 - Value\nAnna,anna@example.org\n").unwrap_err();
         assert!(matches!(error, AddressBookError::NoPhoneColumn));
         let message = error.to_string();
         assert!(message.contains("Phone N - Value"), "{message}");
         assert!(message.contains("Mobile Phone"), "{message}");
+        assert!(message.contains("Mobile Number"), "{message}");
+        assert!(message.contains("--phone-column"), "{message}");
         assert!(!message.contains("anna"), "{message}");
         assert!(matches!(
             read_csv(b""),

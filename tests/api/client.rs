@@ -178,6 +178,7 @@ async fn an_address_book_of_25000_contacts_is_discovered_in_batches() {
         credential: Some(app.credential("big-book")),
         contacts: path,
         region: None,
+        phone_columns: Vec::new(),
         format: Format::Binary,
         json: true,
         timeout: Duration::from_secs(30),
