@@ -144,12 +144,13 @@ pub fn registry_import(
     }
     let (registry, _) = Registry::open(data_dir)?;
     registry.import(&entries)?;
+    let counts = registry.counts();
     eprintln!(
         "imported {} numbers ({} invalid lines skipped); registry now holds {} discoverable and {} hidden",
         entries.len(),
         bad.len(),
-        registry.counts().discoverable,
-        registry.counts().hidden
+        counts.discoverable,
+        counts.hidden
     );
     Ok(entries.len())
 }

@@ -16,9 +16,7 @@ use contact_discovery::server::config::{Config, Settings};
 use contact_discovery::server::startup::{Application, load_keys};
 use serde::Deserialize;
 
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
-}
+use common::monitoring::{deploy_dir, queried_expressions};
 
 /// Every file under `dir` (recursively) whose name ends with one of `extensions`.
 fn files_with(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
@@ -471,28 +469,6 @@ fn metric_names_in(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// PromQL expressions of the dashboard and of the alert rules.
-fn queried_expressions() -> Vec<String> {
-    let mut exprs = Vec::new();
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(deploy_dir().join("grafana/dashboards/contact-discovery.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap() {
-            exprs.push(target["expr"].as_str().unwrap().to_owned());
-        }
-    }
-    let rules = &yaml_documents(&deploy_dir().join("prometheus/alerts.yml"))[0];
-    for group in rules["groups"].as_array().unwrap() {
-        for rule in group["rules"].as_array().unwrap() {
-            exprs.push(rule["expr"].as_str().unwrap().to_owned());
-        }
-    }
-    exprs
-}
-
 /// Metric families a running server exposes (`# TYPE` lines), with their types.
 fn exported_families(exposition: &str) -> Vec<(String, String)> {
     exposition
@@ -537,7 +513,7 @@ async fn scrape_a_running_server() -> String {
         .await
         .unwrap();
     assert_eq!(changed.status(), 200);
-    let info: serde_json::Value = http
+    let info: protocol::EpochInfo = http
         .get(format!("http://{public}/v1/epoch"))
         .send()
         .await
@@ -545,8 +521,7 @@ async fn scrape_a_running_server() -> String {
         .json()
         .await
         .unwrap();
-    let epoch = info["epoch"].as_u64().unwrap();
-    let salt = protocol::decode_salt(info["salt"].as_str().unwrap()).unwrap();
+    let (epoch, salt) = (info.epoch, info.decode_salt().unwrap());
     let fp = Fingerprint::compute(&salt, E164::parse("+4915112345678").unwrap());
     let now = contact_discovery::clock::Clock::System.now_secs();
     let credential = keys

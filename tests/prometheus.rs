@@ -6,56 +6,16 @@
 
 mod common;
 
+use common::monitoring::{alert_rules, deploy_dir, prometheus_yaml, queried_expressions};
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use contact_discovery::protocol::{self, Format};
 
 const METRICS_TOKEN: &str = "prometheus-test-metrics-token";
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
-}
-
-/// A YAML file of `deploy/prometheus/`.
-fn prometheus_yaml(name: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(deploy_dir().join("prometheus").join(name)).unwrap();
-    serde_saphyr::from_str(&text).unwrap_or_else(|err| panic!("{name}: {err}"))
-}
-
-/// The rules of `alerts.yml`, every group's.
-fn alert_rules() -> Vec<serde_json::Value> {
-    prometheus_yaml("alerts.yml")["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
-        .collect()
-}
-
-/// Every PromQL expression of the dashboard and of the alert rules.
-fn queried_expressions() -> Vec<String> {
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(deploy_dir().join("grafana/dashboards/contact-discovery.json"))
-            .expect("the dashboard"),
-    )
-    .expect("dashboard JSON");
-    let mut exprs: Vec<String> = dashboard["panels"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
-        .filter_map(|target| target["expr"].as_str().map(str::to_owned))
-        .collect();
-    exprs.extend(
-        alert_rules()
-            .iter()
-            .filter_map(|rule| rule["expr"].as_str().map(str::to_owned)),
-    );
-    exprs
-}
 
 /// The series selectors of an expression: each metric name (ours, or `up`) with its label
 /// matchers, if any (`contact_discovery_x{a="b"}`).
@@ -74,6 +34,7 @@ fn selectors_in(expr: &str) -> BTreeSet<String> {
             i += 1;
         }
         let name = &expr[start..i];
+        // Only metric names: functions, `by (instance)` labels and the like are skipped here.
         if !(name.starts_with("contact_discovery_") || name == "up") {
             continue;
         }
@@ -84,7 +45,6 @@ fn selectors_in(expr: &str) -> BTreeSet<String> {
             }
             None => "",
         };
-        // `by (instance)` after `sum` is not a selector; names there are labels, not ours.
         found.insert(format!("{name}{matchers}"));
     }
     found
@@ -173,7 +133,7 @@ async fn api(
 /// a 500 (the test-hooks panic), 404s, a 503 from `/readyz` and admin changes.
 async fn drive_load(http: &reqwest::Client, server: &common::Server, credential: &str) {
     let public = &server.public;
-    let info: serde_json::Value = http
+    let info: protocol::EpochInfo = http
         .get(format!("http://{public}/v1/epoch"))
         .send()
         .await
@@ -181,8 +141,7 @@ async fn drive_load(http: &reqwest::Client, server: &common::Server, credential:
         .json()
         .await
         .unwrap();
-    let epoch = info["epoch"].as_u64().unwrap();
-    let salt = protocol::decode_salt(info["salt"].as_str().unwrap()).unwrap();
+    let (epoch, salt) = (info.epoch, info.decode_salt().unwrap());
     let number = contact_discovery::domain::E164::parse("+4915112345678").unwrap();
     let body = protocol::encode_request(
         Format::Binary,

@@ -122,7 +122,7 @@ impl TestApp {
 
     /// The current epoch and salt, as a client sees them.
     pub async fn epoch(&self) -> (u64, Salt) {
-        let info: serde_json::Value = self
+        let info: protocol::EpochInfo = self
             .client
             .get(self.url("/v1/epoch"))
             .send()
@@ -131,9 +131,7 @@ impl TestApp {
             .json()
             .await
             .unwrap();
-        let epoch = info["epoch"].as_u64().unwrap();
-        let salt = decode_salt(info["salt"].as_str().unwrap());
-        (epoch, salt)
+        (info.epoch, decode_salt(&info.salt))
     }
 
     /// Adds, removes and hides numbers through the admin API; panics unless 200.

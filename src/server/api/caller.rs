@@ -71,37 +71,23 @@ impl FromRequestParts<PublicState> for Caller {
 impl CredentialCheck {
     /// Checks the bearer credential of `headers` at `now` and returns its user.
     fn verify(&self, headers: &axum::http::HeaderMap, now: u64) -> Result<UserId, ApiError> {
-        verify(
-            headers,
-            &self.key,
-            self.previous.as_ref(),
-            now,
-            self.max_ttl_secs,
-        )
-    }
-}
-
-/// Checks the bearer credential and returns its user.
-fn verify(
-    headers: &axum::http::HeaderMap,
-    key: &CredentialKey,
-    previous: Option<&CredentialKey>,
-    now: u64,
-    max_ttl_secs: u64,
-) -> Result<UserId, ApiError> {
-    if !headers.contains_key(header::AUTHORIZATION) {
-        return Err(ApiError::MissingCredential);
-    }
-    let token =
-        bearer_token(headers).ok_or(ApiError::InvalidCredential(CredentialError::Malformed))?;
-    let credential = match (key.verify(token, now, max_ttl_secs), previous) {
-        // During a key rotation, a MAC that fails under the new key may be from the old one.
-        (Err(CredentialError::BadMac), Some(previous)) => {
-            previous.verify(token, now, max_ttl_secs)?
+        if !headers.contains_key(header::AUTHORIZATION) {
+            return Err(ApiError::MissingCredential);
         }
-        (verified, _) => verified?,
-    };
-    Ok(credential.user)
+        let token =
+            bearer_token(headers).ok_or(ApiError::InvalidCredential(CredentialError::Malformed))?;
+        let credential = match (
+            self.key.verify(token, now, self.max_ttl_secs),
+            &self.previous,
+        ) {
+            // During a key rotation, a MAC that fails under the new key may be from the old one.
+            (Err(CredentialError::BadMac), Some(previous)) => {
+                previous.verify(token, now, self.max_ttl_secs)?
+            }
+            (verified, _) => verified?,
+        };
+        Ok(credential.user)
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive).
