@@ -157,10 +157,13 @@ impl Application {
         let keys = load_keys(config)?;
         let registry = open_registry(&config.data_dir)?;
         let metrics = registry_metrics(&registry)?;
-        let indexes = Arc::new(LiveIndexes::new(RotationPolicy::new(
-            config.epochs.length.schedule(),
-            config.epochs.grace.as_secs(),
-        )));
+        let indexes = Arc::new(LiveIndexes::new(
+            RotationPolicy::new(
+                config.epochs.length.schedule(),
+                config.epochs.grace.as_secs(),
+            ),
+            keys.secret.clone(),
+        ));
         warn_if_insecure(config);
         let replica = start_replica(config, &keys, &registry, &metrics, &clock)?;
         let limiter = Arc::new(limiter(config, &keys, &metrics, &clock)?);
@@ -212,13 +215,7 @@ impl Application {
             readiness,
         });
         let state = Arc::new(AppState { public, admin });
-        let rotator = Rotator {
-            indexes,
-            registry,
-            secret: keys.secret,
-            clock,
-            metrics,
-        };
+        let rotator = Rotator::new(indexes, registry, clock, metrics);
         Ok(Self {
             public: Bound::bind(config.listeners.listen).await?,
             admin: Bound::bind(config.listeners.admin_listen).await?,

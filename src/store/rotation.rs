@@ -8,40 +8,69 @@
 //! At any moment the live set holds the current epoch's artefact, the previous epoch's during the
 //! grace period after a rotation, and the next epoch's once it has been built ahead of time (a
 //! lead before the epoch starts). Requests pick an artefact by the epoch they name; anything else
-//! is refused with the current epoch so the client can retry at once. Artefacts are rebuilt whole
-//! when the registry changes and swapped in atomically.
+//! is refused with the current epoch so the client can retry at once.
+//!
+//! Artefacts are built whole only for a new epoch (and after a bulk replace of the registry).
+//! Between builds they follow the registry change by change: [`LiveIndexes`] is a
+//! [`ChangeSink`], so the registry hands it every change under its write lock and the change is
+//! in every live artefact before the write is answered. A build reads the registry at one point
+//! and, from that same point, the changes that land while it runs are kept in a journal; the
+//! built artefact takes them (most without the lock, the last few under it) and is installed
+//! under the lock that orders changes, so no change is lost or applied twice across a build or
+//! a swap.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::clock::Clock;
 use crate::domain::{Epoch, EpochSchedule, ServerSecret};
 use crate::metrics::Metrics;
-use crate::store::registry::{DiscoverableNumbers, Registry};
+use crate::store::registry::{ChangeSink, Discoverability, DiscoverableNumbers, Registry};
+
+/// A build's journal is taken in rounds without the lock while it holds more than this many
+/// changes; the rest is applied under the lock, where it delays writes.
+const CATCH_UP_UNDER_LOCK: usize = 256;
 
 /// What a protocol mode builds for one epoch from the registry's discoverable numbers, and the
-/// rotation task keeps live: immutable once built, swapped whole.
+/// rotation task keeps live: built whole once, then changed in place.
 pub trait EpochArtefact: Send + Sync + Sized + 'static {
     /// Builds the artefact for `epoch`; its keys come from `secret` (replicas sharing the secret
     /// build the same artefact without talking). Runs on a blocking thread.
     fn build(secret: &ServerSecret, epoch: Epoch, numbers: &DiscoverableNumbers) -> Self;
+    /// Applies `changes` in order, in place, while requests read the artefact. Calls never
+    /// overlap (the live set serialises them); each costs work in proportion to the changes.
+    fn apply(&self, secret: &ServerSecret, changes: &[Discoverability], base: ChangeBase);
     /// Entries it holds (for stats and the `index_entries` gauge).
     fn entries(&self) -> usize;
     /// Heap bytes it holds (for stats).
     fn heap_bytes(&self) -> usize;
 }
 
+/// How the changes given to an artefact relate to what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeBase {
+    /// It was built from the registry state the changes follow: each is a real step (a number
+    /// becoming discoverable is not held yet, one leaving it is).
+    Exact,
+    /// It was built before the registry was replaced in bulk and waits for its rebuild: a
+    /// change may repeat what it holds, so apply them as set operations.
+    Stale,
+}
+
 /// A live artefact and what it was built from.
 pub struct LiveIndex<A> {
     /// The artefact.
     pub index: Arc<A>,
-    /// The registry's [`local_sequence`](Registry::local_sequence) it reflects.
-    pub registry_sequence: u64,
+    /// The registry's [`local_sequence`](Registry::local_sequence) it was built from; every
+    /// change since has been applied to it in place.
+    pub built_at: u64,
     /// Seconds the build took.
     pub build_seconds: f64,
+    /// The bulk-replace generation it was built in (older ones are rebuilt).
+    generation: u64,
 }
 
 // Derived `Clone` would ask `A: Clone`; only the `Arc` is cloned.
@@ -49,9 +78,33 @@ impl<A> Clone for LiveIndex<A> {
     fn clone(&self) -> Self {
         Self {
             index: Arc::clone(&self.index),
-            registry_sequence: self.registry_sequence,
+            built_at: self.built_at,
             build_seconds: self.build_seconds,
+            generation: self.generation,
         }
+    }
+}
+
+/// The change side of the live set, behind the one lock that orders changes, builds' catch-up
+/// and installs.
+#[derive(Default)]
+struct Changes {
+    /// Bumped by every bulk replace of the registry.
+    generation: u64,
+    /// Changes that landed since each running build read the registry.
+    journals: Vec<Journal>,
+    next_build: u64,
+}
+
+struct Journal {
+    build: u64,
+    generation: u64,
+    changes: Vec<Discoverability>,
+}
+
+impl Changes {
+    fn journal(&mut self, build: u64) -> Option<&mut Journal> {
+        self.journals.iter_mut().find(|j| j.build == build)
     }
 }
 
@@ -123,15 +176,24 @@ impl RotationPolicy {
 /// (writer).
 pub struct LiveIndexes<A> {
     policy: RotationPolicy,
+    /// Keys of every epoch's artefact (changes are fingerprinted with them).
+    secret: ServerSecret,
     live: RwLock<BTreeMap<Epoch, LiveIndex<A>>>,
+    /// Taken before `live` whenever both are.
+    changes: Mutex<Changes>,
+    /// Wakes the rotation task after a bulk replace.
+    rebuild: tokio::sync::Notify,
 }
 
 impl<A> LiveIndexes<A> {
     /// An empty set: not ready until the rotation task builds the current index.
-    pub fn new(policy: RotationPolicy) -> Self {
+    pub fn new(policy: RotationPolicy, secret: ServerSecret) -> Self {
         Self {
             policy,
+            secret,
             live: RwLock::new(BTreeMap::new()),
+            changes: Mutex::new(Changes::default()),
+            rebuild: tokio::sync::Notify::new(),
         }
     }
 
@@ -185,50 +247,158 @@ impl<A> LiveIndexes<A> {
             .collect()
     }
 
-    fn install(&self, epoch: Epoch, built: LiveIndex<A>) {
-        self.live.write().insert(epoch, built);
-    }
-
     fn retain(&self, wanted: &[Epoch]) {
         self.live.write().retain(|e, _| wanted.contains(e));
     }
 
-    fn stale(&self, wanted: &[Epoch], sequence: u64) -> Vec<Epoch> {
+    /// The wanted epochs with no artefact, or one built before the last bulk replace.
+    fn missing(&self, wanted: &[Epoch]) -> Vec<Epoch> {
+        let generation = self.changes.lock().generation;
         let live = self.live.read();
         wanted
             .iter()
             .copied()
-            .filter(|e| live.get(e).is_none_or(|l| l.registry_sequence < sequence))
+            .filter(|e| live.get(e).is_none_or(|l| l.generation < generation))
             .collect()
     }
 }
 
-/// The background task that keeps one mode's [`LiveIndexes`] in step with the clock and the
-/// registry.
-pub struct Rotator<A> {
-    /// Where artefacts are installed.
-    pub indexes: Arc<LiveIndexes<A>>,
-    /// Source of registered numbers.
-    pub registry: Arc<Registry>,
-    /// Source of salts.
-    pub secret: ServerSecret,
-    /// Time.
-    pub clock: Clock,
-    /// Where build figures go.
-    pub metrics: Arc<Metrics>,
+impl<A: EpochArtefact> LiveIndexes<A> {
+    /// Starts a journal for a build of `epoch`. Call it at the point the build reads the
+    /// registry (inside [`Registry::discoverable_numbers_with`]), so the journal holds exactly
+    /// the changes the build's view lacks.
+    fn open_build(self: &Arc<Self>, epoch: Epoch) -> Build<A> {
+        let mut changes = self.changes.lock();
+        let build = changes.next_build;
+        changes.next_build += 1;
+        let generation = changes.generation;
+        changes.journals.push(Journal {
+            build,
+            generation,
+            changes: Vec::new(),
+        });
+        Build {
+            indexes: Arc::clone(self),
+            id: build,
+            epoch,
+        }
+    }
+}
+
+impl<A: EpochArtefact> ChangeSink for LiveIndexes<A> {
+    fn discoverability_changed(&self, changes: &[Discoverability]) {
+        let mut state = self.changes.lock();
+        for live in self.live.read().values() {
+            let base = if live.generation == state.generation {
+                ChangeBase::Exact
+            } else {
+                ChangeBase::Stale
+            };
+            live.index.apply(&self.secret, changes, base);
+        }
+        for journal in &mut state.journals {
+            journal.changes.extend_from_slice(changes);
+        }
+    }
+
+    fn replaced(&self) {
+        self.changes.lock().generation += 1;
+        self.rebuild.notify_one();
+    }
+}
+
+/// A build in progress: its journal stays open until [`Build::install`], or until it is dropped
+/// (a failed build), so a journal never outlives its build.
+struct Build<A: EpochArtefact> {
+    indexes: Arc<LiveIndexes<A>>,
+    id: u64,
+    epoch: Epoch,
+}
+
+impl<A: EpochArtefact> Build<A> {
+    /// Brings `index` up to date with the journal and makes it live. Large journals are taken
+    /// in rounds without the lock (the index is not shared yet, and the registry only appends
+    /// to the journal meanwhile); the last round and the swap happen under the lock, so no
+    /// change falls between the journal and the live set.
+    fn install(self, index: A, built_at: u64, build_seconds: f64) -> LiveIndex<A> {
+        let secret = &self.indexes.secret;
+        loop {
+            let mut changes = self.indexes.changes.lock();
+            let current = changes.generation;
+            // Only this build closes its journal; were it gone, generation 0 gets it rebuilt.
+            let (generation, pending) = changes.journal(self.id).map_or((0, Vec::new()), |j| {
+                (j.generation, std::mem::take(&mut j.changes))
+            });
+            let base = if generation == current {
+                ChangeBase::Exact
+            } else {
+                ChangeBase::Stale
+            };
+            if pending.len() > CATCH_UP_UNDER_LOCK {
+                drop(changes);
+                index.apply(secret, &pending, base);
+                continue;
+            }
+            index.apply(secret, &pending, base);
+            let live = LiveIndex {
+                index: Arc::new(index),
+                built_at,
+                build_seconds,
+                generation,
+            };
+            changes.journals.retain(|j| j.build != self.id);
+            self.indexes.live.write().insert(self.epoch, live.clone());
+            return live;
+        }
+    }
+}
+
+impl<A: EpochArtefact> Drop for Build<A> {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.indexes
+            .changes
+            .lock()
+            .journals
+            .retain(|j| j.build != id);
+    }
+}
+
+/// The background task that keeps one mode's [`LiveIndexes`] in step with the clock: builds the
+/// epochs that come due (and rebuilds after a bulk replace), retires the past ones.
+pub struct Rotator<A: EpochArtefact> {
+    indexes: Arc<LiveIndexes<A>>,
+    registry: Arc<Registry>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
 }
 
 impl<A: EpochArtefact> Rotator<A> {
-    /// Runs until the task is dropped: builds what is missing or stale, retires what is past.
+    /// A rotator for `indexes`, which from now on follow every change of `registry`.
+    pub fn new(
+        indexes: Arc<LiveIndexes<A>>,
+        registry: Arc<Registry>,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        registry.subscribe(Arc::clone(&indexes) as Arc<dyn ChangeSink>);
+        Self {
+            indexes,
+            registry,
+            clock,
+            metrics,
+        }
+    }
+
+    /// Runs until the task is dropped: builds what is missing, retires what is past.
     pub async fn run(self) {
-        let changed = self.registry.changed();
         loop {
             self.step().await;
             let now = self.clock.now_secs();
             let wait = Duration::from_secs(self.indexes.policy.next_change_in(now))
                 .min(self.clock.poll_interval());
             tokio::select! {
-                () = changed.notified() => {}
+                () = self.indexes.rebuild.notified() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
@@ -239,8 +409,8 @@ impl<A: EpochArtefact> Rotator<A> {
         self.refresh(false).await;
     }
 
-    /// Builds only the current epoch's index if it is missing or stale: what a restart needs
-    /// before serving; the next [`Rotator::step`] builds the rest while requests are answered.
+    /// Builds only the current epoch's index if it is missing: what a restart needs before
+    /// serving; the next [`Rotator::step`] builds the rest while requests are answered.
     pub async fn warm_up(&self) {
         self.refresh(true).await;
     }
@@ -249,53 +419,16 @@ impl<A: EpochArtefact> Rotator<A> {
         let now = self.clock.now_secs();
         let policy = self.indexes.policy;
         let wanted = policy.wanted(now);
-        let sequence = self.registry.local_sequence();
-        let mut stale = self.indexes.stale(&wanted, sequence);
+        let current = policy.schedule.epoch_at(now);
+        let mut missing = self.indexes.missing(&wanted);
         if current_only {
-            stale.retain(|e| *e == policy.schedule.epoch_at(now));
+            missing.retain(|e| *e == current);
         }
-        if !stale.is_empty() {
-            // The current epoch first, and each index installed as soon as it is built: after
-            // a restart the service is ready once the one index it needs exists.
-            let current = policy.schedule.epoch_at(now);
-            stale.sort_by_key(|e| *e != current);
-            let registry = Arc::clone(&self.registry);
-            let numbers =
-                tokio::task::spawn_blocking(move || registry.discoverable_numbers()).await;
-            let (numbers, sequence) = match numbers {
-                Ok(got) => got,
-                Err(err) => {
-                    crate::safe_error!("match index build failed", error = err);
-                    return;
-                }
-            };
-            for epoch in stale {
-                let (numbers, secret) = (numbers.clone(), self.secret.clone());
-                let built = tokio::task::spawn_blocking(move || {
-                    let started = Instant::now();
-                    let index = A::build(&secret, epoch, &numbers);
-                    LiveIndex {
-                        index: Arc::new(index),
-                        registry_sequence: sequence,
-                        build_seconds: started.elapsed().as_secs_f64(),
-                    }
-                })
-                .await;
-                match built {
-                    Ok(live) => {
-                        self.metrics.index_build_seconds.observe(live.build_seconds);
-                        crate::safe_info!(
-                            "match index built",
-                            epoch = epoch.0,
-                            entries = live.index.entries(),
-                            registry_sequence = live.registry_sequence,
-                            seconds = live.build_seconds,
-                        );
-                        self.indexes.install(epoch, live);
-                    }
-                    Err(err) => crate::safe_error!("match index build failed", error = err),
-                }
-            }
+        // The current epoch first, and each index installed as soon as it is built: after a
+        // restart the service is ready once the one index it needs exists.
+        missing.sort_by_key(|e| *e != current);
+        for epoch in missing {
+            self.build(epoch).await;
         }
         // Re-read the time: a long build may have crossed a boundary.
         let now = self.clock.now_secs();
@@ -306,7 +439,50 @@ impl<A: EpochArtefact> Rotator<A> {
                 .chain(wanted)
                 .collect::<Vec<_>>(),
         );
-        let current = policy.schedule.epoch_at(now);
+        self.export_gauges(now);
+    }
+
+    /// Builds `epoch`'s artefact from the registry, catches it up with the changes made
+    /// meanwhile and installs it.
+    async fn build(&self, epoch: Epoch) {
+        let (registry, indexes) = (Arc::clone(&self.registry), Arc::clone(&self.indexes));
+        let opened = tokio::task::spawn_blocking(move || {
+            registry.discoverable_numbers_with(|| indexes.open_build(epoch))
+        })
+        .await;
+        let (numbers, built_at, build) = match opened {
+            Ok(opened) => opened,
+            Err(err) => {
+                crate::safe_error!("match index build failed", error = err);
+                return;
+            }
+        };
+        let secret = self.indexes.secret.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let index = A::build(&secret, epoch, &numbers);
+            // The registry may fold its vector again once no build reads it.
+            drop(numbers);
+            build.install(index, built_at, started.elapsed().as_secs_f64())
+        })
+        .await;
+        match built {
+            Ok(live) => {
+                self.metrics.index_build_seconds.observe(live.build_seconds);
+                crate::safe_info!(
+                    "match index built",
+                    epoch = epoch.0,
+                    entries = live.index.entries(),
+                    built_at_local_sequence = live.built_at,
+                    seconds = live.build_seconds,
+                );
+            }
+            Err(err) => crate::safe_error!("match index build failed", error = err),
+        }
+    }
+
+    fn export_gauges(&self, now: u64) {
+        let current = self.indexes.policy.schedule.epoch_at(now);
         self.metrics.current_epoch.set(current.0 as i64);
         self.metrics
             .ready
@@ -352,21 +528,15 @@ mod tests {
     #[test]
     fn requests_pick_the_right_index() {
         let p = policy(100, 10);
-        let live = LiveIndexes::new(p);
+        let live = Arc::new(LiveIndexes::new(p, ServerSecret::from_bytes([0; 32])));
         let salt = crate::domain::Salt::from_bytes([0; 32]);
         assert_eq!(
             live.for_request(10, 1_005).err(),
             Some(EpochRefusal::NotReady)
         );
         for e in [9, 10, 11] {
-            live.install(
-                Epoch(e),
-                LiveIndex {
-                    index: Arc::new(MatchIndex::build(Epoch(e), &salt, &[])),
-                    registry_sequence: 1,
-                    build_seconds: 0.0,
-                },
-            );
+            live.open_build(Epoch(e))
+                .install(MatchIndex::build(Epoch(e), &salt, &[]), 1, 0.0);
         }
         assert_eq!(live.for_request(10, 1_005).unwrap().epoch(), Epoch(10));
         assert_eq!(live.for_request(9, 1_005).unwrap().epoch(), Epoch(9));
@@ -380,6 +550,126 @@ mod tests {
                 live.for_request(bad, 1_005).err(),
                 Some(EpochRefusal::Unavailable { current: Epoch(10) })
             );
+        }
+    }
+
+    mod follows_the_registry {
+        use super::*;
+        use crate::domain::{E164, Fingerprint};
+        use crate::store::registry::{Op, Visibility};
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        const NUMBERS: u8 = 24;
+
+        fn number(i: u8) -> E164 {
+            E164::from_u64(15_550_000_000 + u64::from(i)).unwrap()
+        }
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            /// Add (0), hide (1) or remove (2) a number.
+            Change(u8, u8),
+            /// Read the registry for a build of an epoch (the build runs later).
+            StartBuild(u64),
+            /// Build and install the `k`-th build in progress, or abandon it.
+            FinishBuild(usize, bool),
+            /// Retire every live index but this epoch's.
+            Retire(u64),
+            /// Fold the registry's log into a snapshot.
+            Compact,
+            /// Import one number in bulk (replaces the registry's state).
+            Import(u8, bool),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                6 => (0u8..3, 0..NUMBERS).prop_map(|(k, i)| Step::Change(k, i)),
+                2 => (0u64..3).prop_map(Step::StartBuild),
+                2 => (0usize..4, proptest::bool::weighted(0.85))
+                    .prop_map(|(k, ok)| Step::FinishBuild(k, ok)),
+                1 => (0u64..3).prop_map(Step::Retire),
+                1 => Just(Step::Compact),
+                1 => (0..NUMBERS, any::<bool>()).prop_map(|(i, d)| Step::Import(i, d)),
+            ]
+        }
+
+        /// A scratch directory where fsync is cheap when the machine has a RAM disk.
+        fn scratch() -> tempfile::TempDir {
+            tempfile::tempdir_in("/dev/shm")
+                .or_else(|_| tempfile::tempdir())
+                .unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            /// Changes, builds that read the registry before changes and install after them,
+            /// abandoned builds, swaps, retirements, compactions and bulk replaces, in any
+            /// order: every live index that is not waiting for a rebuild answers exactly like
+            /// the model set, for every number, after every step.
+            #[test]
+            fn live_indexes_answer_like_the_registry(steps in proptest::collection::vec(step(), 1..50)) {
+                let dir = scratch();
+                let (registry, _) = Registry::open(dir.path()).unwrap();
+                let registry = Arc::new(registry.with_compact_bytes(300));
+                let secret = ServerSecret::from_bytes([7; 32]);
+                let indexes = Arc::new(LiveIndexes::<MatchIndex>::new(policy(100, 10), secret.clone()));
+                registry.subscribe(Arc::clone(&indexes) as Arc<dyn ChangeSink>);
+                let mut model: HashMap<u8, Visibility> = HashMap::new();
+                let mut building = Vec::new();
+                for step in steps {
+                    match step {
+                        Step::Change(kind, i) => {
+                            let n = number(i);
+                            let op = match kind { 0 => Op::Add(n), 1 => Op::Hide(n), _ => Op::Remove(n) };
+                            registry.apply(&[op]).unwrap();
+                            match kind {
+                                0 => { model.insert(i, Visibility::Discoverable); }
+                                1 => { model.insert(i, Visibility::Hidden); }
+                                _ => { model.remove(&i); }
+                            }
+                        }
+                        Step::StartBuild(e) => {
+                            building.push(registry.discoverable_numbers_with(|| indexes.open_build(Epoch(e))));
+                        }
+                        Step::FinishBuild(k, succeeds) => {
+                            if !building.is_empty() {
+                                let (numbers, at, build) = building.remove(k % building.len());
+                                if succeeds {
+                                    let index = <MatchIndex as EpochArtefact>::build(&secret, build.epoch, &numbers);
+                                    drop(numbers);
+                                    build.install(index, at, 0.0);
+                                }
+                            }
+                        }
+                        Step::Retire(keep) => indexes.retain(&[Epoch(keep)]),
+                        Step::Compact => registry.compact().unwrap(),
+                        Step::Import(i, discoverable) => {
+                            let v = if discoverable { Visibility::Discoverable } else { Visibility::Hidden };
+                            registry.import(&[(number(i), v)]).unwrap();
+                            model.insert(i, v);
+                        }
+                    }
+                    let generation = indexes.changes.lock().generation;
+                    for (epoch, live) in indexes.snapshot() {
+                        if live.generation < generation {
+                            continue; // waiting for its rebuild
+                        }
+                        let salt = secret.salt(epoch);
+                        for i in 0..NUMBERS {
+                            let want = model.get(&i) == Some(&Visibility::Discoverable);
+                            let got = live.index.contains(Fingerprint::compute(&salt, number(i)));
+                            prop_assert_eq!(got, want, "number {} in epoch {}", i, epoch.0);
+                        }
+                        prop_assert_eq!(
+                            live.index.len(),
+                            model.values().filter(|v| **v == Visibility::Discoverable).count()
+                        );
+                    }
+                }
+                drop(building);
+                prop_assert!(indexes.changes.lock().journals.is_empty(), "no journal outlives its build");
+            }
         }
     }
 }

@@ -44,7 +44,6 @@ async fn registration_changes_answer_applied_and_version() {
     let (status, body) = app.change_raw(json!({})).await;
     assert_eq!(status, 200);
     assert_eq!(body["applied"], 0);
-    app.wait_for_index(second).await;
     assert_eq!(
         counts(&app).await,
         json!({ "discoverable": 3, "hidden": 1 })
@@ -351,8 +350,12 @@ async fn stats_show_registry_counts_and_live_indexes() {
             index["entries"], 3,
             "hidden numbers are not indexed: {index}"
         );
-        assert!(index["local_sequence"].as_u64().is_some());
     }
+    // The current index was built at start-up, before the change, and took it in place.
+    let current_index = indexes.iter().find(|i| i["epoch"] == current).unwrap();
+    let built_at = current_index["built_at_local_sequence"].as_u64().unwrap();
+    let now_at = stats["registry"]["local_sequence"].as_u64().unwrap();
+    assert!(built_at < now_at, "not rebuilt for a change: {stats}");
     app.stop().await;
 }
 
@@ -461,7 +464,6 @@ async fn metrics_move_with_requests_and_changes() {
     assert_eq!(delta(discover_200), 2.0);
     assert_eq!(delta(discover_410), 1.0);
     assert_eq!(delta(&key("registry_write_seconds_count")), 1.0);
-    assert!(delta(&key("index_build_seconds_count")) >= 1.0);
     assert_eq!(delta(&key("rate_limited_requests_total")), 0.0);
     assert_eq!(
         metric(

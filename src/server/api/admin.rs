@@ -225,7 +225,7 @@ pub async fn stats(State(state): State<AdminState>) -> Json<serde_json::Value> {
                 "epoch": epoch.0,
                 "entries": live.index.len(),
                 "heap_bytes": live.index.heap_bytes(),
-                "local_sequence": live.registry_sequence,
+                "built_at_local_sequence": live.built_at,
                 "build_seconds": live.build_seconds,
             })
         })

@@ -28,7 +28,7 @@ use log::Log;
 pub use record::Op;
 pub use snapshot::{Snapshot, SnapshotError};
 use state::State;
-pub use state::{Counts, DiscoverableNumbers, Visibility};
+pub use state::{Counts, Discoverability, DiscoverableNumbers, Visibility};
 
 const SNAPSHOT_FILE: &str = "registry.snap";
 const LOG_FILE: &str = "registry.log";
@@ -95,6 +95,20 @@ pub struct OpenReport {
     pub truncated_bytes: u64,
 }
 
+/// What follows the registry's discoverable set change by change: the live indexes of each
+/// protocol mode. The registry calls it for every applied change, in the order it applied
+/// them, while it still holds the lock that orders writes; so a sink sees every change exactly
+/// once and in order, and a change is in every sink before [`Registry::apply`] returns (what
+/// lets the admin API answer "discoverable").
+pub trait ChangeSink: Send + Sync {
+    /// Numbers that became discoverable or stopped being so, in order. Runs under the
+    /// registry's write lock: it must be quick and must not call back into the registry.
+    fn discoverability_changed(&self, changes: &[Discoverability]);
+    /// The whole registry was replaced (a bulk import, or a replica loading the shared
+    /// snapshot): what the sink holds must be rebuilt from [`Registry::discoverable_numbers`].
+    fn replaced(&self);
+}
+
 /// The durable registry. Cheap to share behind an `Arc`; writes are serialised by the log lock,
 /// which is always taken before the state lock.
 pub struct Registry {
@@ -103,7 +117,7 @@ pub struct Registry {
     log: Mutex<Log>,
     local_sequence: AtomicU64,
     compact_bytes: u64,
-    changed: Arc<tokio::sync::Notify>,
+    sinks: RwLock<Vec<Arc<dyn ChangeSink>>>,
     _lock: File,
 }
 
@@ -124,7 +138,9 @@ impl Registry {
         } else {
             State::default()
         };
-        let (log, replayed) = Log::open(dir, |ops| state.apply(ops))?;
+        let (log, replayed) = Log::open(dir, |ops| {
+            state.apply(ops);
+        })?;
         report.log_records = replayed.records;
         report.truncated_bytes = replayed.truncated_bytes;
         state.fold();
@@ -135,7 +151,7 @@ impl Registry {
             log: Mutex::new(log),
             local_sequence: AtomicU64::new(1),
             compact_bytes: DEFAULT_COMPACT_BYTES,
-            changed: Arc::new(tokio::sync::Notify::new()),
+            sinks: RwLock::new(Vec::new()),
             _lock: lock,
         };
         Ok((registry, report))
@@ -149,15 +165,22 @@ impl Registry {
 
     /// Durably applies `ops` as one unit and returns the new [local
     /// sequence](Registry::local_sequence). Blocks on fsync: call it from a blocking context.
-    /// When it returns `Ok`, the change survives a crash.
+    /// When it returns `Ok`, the change survives a crash and every [`ChangeSink`] holds it.
     pub fn apply(&self, ops: &[Op]) -> Result<u64, RegistryError> {
         let mut log = self.log.lock();
         log.append(ops)?;
-        {
+        let changes = {
             let mut state = self.state.write();
-            state.apply(ops);
-            if state.pending() > FOLD_OVERLAY_AT {
+            let changes = state.apply(ops);
+            // Not while an index build reads the vector: folding then would copy all of it.
+            if state.pending() > FOLD_OVERLAY_AT && !state.base_is_shared() {
                 state.fold();
+            }
+            changes
+        };
+        if !changes.is_empty() {
+            for sink in self.sinks.read().iter() {
+                sink.discoverability_changed(&changes);
             }
         }
         let sequence = self.local_sequence.fetch_add(1, Ordering::AcqRel) + 1;
@@ -172,8 +195,14 @@ impl Registry {
             );
         }
         drop(log);
-        self.changed.notify_one();
         Ok(sequence)
+    }
+
+    /// Adds a sink that is told of every change from now on. Subscribe before the first
+    /// [`Registry::discoverable_numbers_with`] whose view the sink builds from.
+    pub fn subscribe(&self, sink: Arc<dyn ChangeSink>) {
+        let _writes = self.log.lock();
+        self.sinks.write().push(sink);
     }
 
     /// Replaces nothing, adds everything: merges `entries` in and writes a fresh snapshot, all or
@@ -203,8 +232,10 @@ impl Registry {
         log.reset(&self.dir)?;
         *self.state.write() = new;
         let sequence = self.local_sequence.fetch_add(1, Ordering::AcqRel) + 1;
+        for sink in self.sinks.read().iter() {
+            sink.replaced();
+        }
         drop(log);
-        self.changed.notify_one();
         Ok(sequence)
     }
 
@@ -239,11 +270,6 @@ impl Registry {
         self.local_sequence.load(Ordering::Acquire)
     }
 
-    /// Signalled after every applied change; the index builder waits on it.
-    pub fn changed(&self) -> Arc<tokio::sync::Notify> {
-        Arc::clone(&self.changed)
-    }
-
     /// All discoverable numbers and the local sequence they reflect (a copy; index builds use
     /// [`Registry::discoverable_numbers`], which does not copy).
     pub fn discoverable(&self) -> (Vec<E164>, u64) {
@@ -259,9 +285,20 @@ impl Registry {
     /// All discoverable numbers, shared with the registry rather than copied, and the local
     /// sequence they reflect. Folds pending changes first (a linear pass over the registry).
     pub fn discoverable_numbers(&self) -> (DiscoverableNumbers, u64) {
-        let mut state = self.state.write();
-        let numbers = state.discoverable_numbers();
-        (numbers, self.local_sequence())
+        let (numbers, sequence, ()) = self.discoverable_numbers_with(|| ());
+        (numbers, sequence)
+    }
+
+    /// Like [`Registry::discoverable_numbers`], and runs `at_this_point` while no change can
+    /// land: a sink that starts recording changes there misses none made after the view and
+    /// records none the view already holds (how an index built from the view catches up).
+    pub fn discoverable_numbers_with<T>(
+        &self,
+        at_this_point: impl FnOnce() -> T,
+    ) -> (DiscoverableNumbers, u64, T) {
+        let _writes = self.log.lock();
+        let numbers = self.state.write().discoverable_numbers();
+        (numbers, self.local_sequence(), at_this_point())
     }
 
     /// The state of one number, if registered.

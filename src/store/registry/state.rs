@@ -20,6 +20,15 @@ pub enum Visibility {
     Hidden,
 }
 
+/// A number that became discoverable, or stopped being so: one step a live index takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Discoverability {
+    /// The number (its `Debug` is redacted).
+    pub number: E164,
+    /// Whether it is discoverable now.
+    pub discoverable: bool,
+}
+
 /// Counts of registered numbers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
@@ -88,13 +97,21 @@ impl State {
         self.counts
     }
 
+    /// Whether an index build (or a snapshot being written) still reads the sorted vector, so
+    /// that folding now would copy it whole.
+    pub(super) fn base_is_shared(&self) -> bool {
+        Arc::strong_count(&self.base) > 1
+    }
+
     /// Changes applied but not yet folded into the sorted vector.
     pub(super) fn pending(&self) -> usize {
         self.overlay.len()
     }
 
-    fn set(&mut self, number: E164, to: Option<Visibility>) {
-        match self.get(number) {
+    /// Sets `number` to `to`; returns whether it changed between discoverable and not.
+    fn set(&mut self, number: E164, to: Option<Visibility>) -> Option<Discoverability> {
+        let from = self.get(number);
+        match from {
             Some(Visibility::Discoverable) => self.counts.discoverable -= 1,
             Some(Visibility::Hidden) => self.counts.hidden -= 1,
             None => {}
@@ -106,16 +123,25 @@ impl State {
         }
         self.overlay
             .insert(number.get(), to.map(|v| entry_of(number, v)));
+        let discoverable = to == Some(Visibility::Discoverable);
+        (discoverable != (from == Some(Visibility::Discoverable))).then_some(Discoverability {
+            number,
+            discoverable,
+        })
     }
 
-    pub(super) fn apply(&mut self, ops: &[Op]) {
-        for op in ops {
-            match *op {
+    /// Applies `ops` in order and returns the numbers whose discoverability they changed, in
+    /// the same order (an add of a discoverable number, or a hide of a hidden one, changes
+    /// nothing and is left out): exactly what a live index must do to stay equal to the
+    /// registry's discoverable set.
+    pub(super) fn apply(&mut self, ops: &[Op]) -> Vec<Discoverability> {
+        ops.iter()
+            .filter_map(|op| match *op {
                 Op::Add(n) => self.set(n, Some(Visibility::Discoverable)),
                 Op::Hide(n) => self.set(n, Some(Visibility::Hidden)),
                 Op::Remove(n) => self.set(n, None),
-            }
-        }
+            })
+            .collect()
     }
 
     /// Merges the overlay into `base` in place: O(len + changes · log len). Copies `base` only
@@ -286,10 +312,19 @@ mod tests {
         ) {
             let mut state = State::default();
             let mut model: HashMap<E164, Visibility> = HashMap::new();
+            // What a live index holds when it only ever follows the reported transitions.
+            let mut followed: std::collections::HashSet<E164> = Default::default();
             for (kind, i, fold) in ops {
                 let n = number(i);
                 let op = match kind { 0 => Op::Add(n), 1 => Op::Hide(n), _ => Op::Remove(n) };
-                state.apply(&[op]);
+                for change in state.apply(&[op]) {
+                    let changed = if change.discoverable {
+                        followed.insert(change.number)
+                    } else {
+                        followed.remove(&change.number)
+                    };
+                    prop_assert!(changed, "a reported transition changes the set");
+                }
                 match op {
                     Op::Add(n) => { model.insert(n, Visibility::Discoverable); }
                     Op::Hide(n) => { model.insert(n, Visibility::Hidden); }
@@ -303,6 +338,12 @@ mod tests {
                 for i in 0..40 {
                     prop_assert_eq!(state.get(number(i)), model.get(&number(i)).copied());
                 }
+                let discoverable: std::collections::HashSet<E164> = model
+                    .iter()
+                    .filter(|(_, v)| **v == Visibility::Discoverable)
+                    .map(|(n, _)| *n)
+                    .collect();
+                prop_assert_eq!(&followed, &discoverable);
                 let hidden = model.values().filter(|v| **v == Visibility::Hidden).count() as u64;
                 prop_assert_eq!(state.counts, Counts {
                     discoverable: model.len() as u64 - hidden,

@@ -1,252 +1,88 @@
-//! The match index: one epoch's set of fingerprints of all discoverable numbers.
+//! The match index: one epoch's set of fingerprints of all discoverable numbers, kept equal to
+//! the registry change by change.
 //!
-//! Layout: a table of 64-byte buckets, one cache line each, so a lookup costs one cache miss.
-//! A fingerprint's 64-bit key picks its bucket from its high bits (`key × buckets >> 64`) and
-//! is stored as a 40-bit tag, its low 40 bits: twelve 5-byte slots per line, a count and an
-//! overflow flag in byte 60. Buckets are sized for 7.5 keys on average, about 8.6 bytes per
-//! user; the ~1 % of keys that find their bucket full go to a much smaller table of the same
-//! kind (marked by the flag, so only lookups in overflowed buckets look there), and so on; the
-//! last few keys go to a sorted list of full keys. Batched lookups prefetch the bucket of the
-//! fingerprint [`PREFETCH_AHEAD`] places ahead, so many misses are in flight at once.
+//! Layout (`bucket.rs`): a table of 64-byte buckets, one cache line each, so a lookup costs one
+//! cache miss. A fingerprint's 64-bit key picks its bucket from its high bits (`key × buckets
+//! >> 64`) and is stored as a 40-bit tag, its low 40 bits: twelve slots per line and an
+//! overflow flag. Buckets are sized for 7.5 keys on average, about 8.6 bytes per user; the ~1 %
+//! of keys that find their bucket full go to a much smaller table of the same kind (marked by
+//! the flag, so only lookups in overflowed buckets look there), and so on; the last few keys go
+//! to a set of full keys (the spill). Batched lookups prefetch the bucket of the fingerprint
+//! [`PREFETCH_AHEAD`] places ahead, so many misses are in flight at once.
+//!
+//! Changes: a number that becomes discoverable is inserted in the first bucket on its path
+//! with a free slot (flagging the full ones it passes); one that stops being so has its tag
+//! cleared where it lies deepest on its path. Either costs one or two cache lines and one
+//! fingerprint, whatever the size of the index, and needs no memory beyond the tables unless
+//! inserts outgrow them (then the spill grows). Flags are never cleared, so every key stays
+//! reachable; the next epoch's index is built whole and fresh. Changes come from one writer at
+//! a time (the live set's lock); lookups run meanwhile without locks and see every key that
+//! was present before and after a change (see `bucket.rs` for why).
 //!
 //! False positives: besides two numbers sharing a 64-bit fingerprint (about `n / 2^64` per
 //! lookup: 5.4e-12 at 100 M users, 5.4e-11 at 1 B), a fingerprint that is not in the index
-//! matches only if a key in its bucket has the same low 40 bits: each key compared matches with
+//! matches only if a key in its bucket has the same 40-bit tag: each key compared matches with
 //! probability 2^-40, and a lookup compares on average 7.5 keys (at most 12 per table visited),
 //! so about 6.8e-12 per lookup, whatever the number of users (at most 1.1e-11 in a full
 //! bucket). Both together stay below 7e-11 per lookup at 1 B users. There are no false
 //! negatives: every key is in its bucket, or its bucket is flagged and the key is further on.
-//!
-//! The index is immutable once built; a rebuild makes a new one that is swapped in whole.
+//! Two keys with the same tag in one bucket are two slots; removing one clears the copy that
+//! lies deepest on its own path, which is its own unless a second such coincidence (2^-40
+//! again) put another equal tag there.
 
+mod bucket;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use parking_lot::RwLock;
 use rayon::prelude::*;
 
-use crate::domain::{E164, Epoch, Fingerprint, Salt};
+use crate::domain::{E164, Epoch, Fingerprint, Salt, ServerSecret};
+use crate::store::registry::{Discoverability, DiscoverableNumbers};
+use crate::store::rotation::{ChangeBase, EpochArtefact};
+use bucket::{Probe, Table, tag_of};
 
-/// Slots per bucket: 12 × 5 bytes fill 60 of the line's 64 bytes.
-const SLOTS: usize = 12;
-/// Bytes per stored tag.
-const TAG_BYTES: usize = 5;
-/// Bits of the key kept in a slot.
-const TAG_MASK: u64 = (1 << (8 * TAG_BYTES)) - 1;
-/// Byte of the line holding the count (low 4 bits) and the overflow flag.
-const META: usize = SLOTS * TAG_BYTES;
-/// The bucket's count of used slots.
-const COUNT_MASK: u8 = 0x0f;
-/// Set when a key of this bucket did not fit and went to the next table.
-const OVERFLOW: u8 = 0x80;
 /// Average keys per bucket the tables are sized for: 64 / 7.5 ≈ 8.5 bytes per key, and about
 /// 4 % of buckets overflow (Poisson tail beyond 12), holding about 1.1 % of the keys.
 const LOAD: f64 = 7.5;
-/// At most this many tables; the keys left after them are kept whole in a sorted list.
+/// At most this many tables; the keys left after them are kept whole in the spill.
 const MAX_TABLES: usize = 6;
 /// How far ahead of the fingerprint being checked a batched lookup prefetches.
 pub const PREFETCH_AHEAD: usize = 16;
 /// Numbers fingerprinted per build step: bounds the temporary key buffer (8 bytes each).
 const BUILD_SEGMENT: usize = 1 << 22;
 
-/// One cache line: twelve 40-bit tags and a meta byte.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Bucket([u8; 64]);
-
-/// What a bucket says about a key.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Probe {
-    Found,
-    Absent,
-    /// Not here, but the bucket overflowed: ask the next table.
-    Overflowed,
-}
-
-impl Bucket {
-    const EMPTY: Self = Self([0; 64]);
-
-    fn tag(&self, slot: usize) -> u64 {
-        let mut word = [0u8; 8];
-        // Slot 11 reads into the meta byte and padding; the mask drops them.
-        word.copy_from_slice(&self.0[slot * TAG_BYTES..slot * TAG_BYTES + 8]);
-        u64::from_le_bytes(word) & TAG_MASK
-    }
-
-    /// Whether `tag` is here, and whether the bucket overflowed. Branch-free: half the lookups
-    /// hit at random, and a mispredicted branch per lookup would stall the batch loop.
-    #[inline(always)]
-    fn check(&self, tag: u64) -> (bool, bool) {
-        let meta = self.0[META];
-        let count = usize::from(meta & COUNT_MASK);
-        let mut found = false;
-        for slot in 0..SLOTS {
-            found |= (slot < count) & (self.tag(slot) == tag);
-        }
-        (found, meta & OVERFLOW != 0)
-    }
-
-    fn probe(&self, tag: u64) -> Probe {
-        match self.check(tag) {
-            (true, _) => Probe::Found,
-            (false, true) => Probe::Overflowed,
-            (false, false) => Probe::Absent,
-        }
-    }
-
-    /// Stores `tag`, or flags the bucket and returns false if it is full.
-    fn insert(&mut self, tag: u64) -> bool {
-        let count = usize::from(self.0[META] & COUNT_MASK);
-        if count == SLOTS {
-            self.0[META] |= OVERFLOW;
-            return false;
-        }
-        let at = count * TAG_BYTES;
-        self.0[at..at + TAG_BYTES].copy_from_slice(&tag.to_le_bytes()[..TAG_BYTES]);
-        self.0[META] += 1;
-        true
-    }
-}
-
-/// One table of buckets. Table `level` picks buckets from `mix(key, level)`, so keys that
-/// overflowed from neighbouring buckets spread out again in the next table.
-struct Table {
-    buckets: Vec<Bucket>,
-    level: u32,
-}
-
-fn mix(key: u64, level: u32) -> u64 {
-    if level == 0 {
-        key
-    } else {
-        // A bijection whose high bits depend on every bit of the key.
-        (key ^ u64::from(level)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    }
-}
-
-impl Table {
-    fn with_capacity_for(keys: usize, level: u32) -> Self {
-        let count = ((keys as f64 / LOAD).ceil() as usize).max(1);
-        let mut buckets = Vec::with_capacity(count);
-        // Before the first write, so the kernel can back the table with 2 MiB pages from the
-        // start: a random lookup then misses the TLB far less often.
-        advise_huge_pages(&mut buckets);
-        buckets.resize(count, Bucket::EMPTY);
-        Self { buckets, level }
-    }
-
-    #[inline(always)]
-    fn bucket_of(&self, key: u64) -> usize {
-        ((u128::from(mix(key, self.level)) * self.buckets.len() as u128) >> 64) as usize
-    }
-
-    fn probe(&self, key: u64) -> Probe {
-        self.buckets[self.bucket_of(key)].probe(key & TAG_MASK)
-    }
-
-    #[inline(always)]
-    fn prefetch(&self, key: u64) {
-        prefetch(&self.buckets[self.bucket_of(key)]);
-    }
-
-    /// Inserts `keys` in parallel: each worker owns a contiguous range of buckets and takes the
-    /// keys that fall in it. Returns the keys that did not fit.
-    fn insert_all(&mut self, keys: &[u64]) -> Vec<u64> {
-        let total = self.buckets.len();
-        let parts = rayon::current_num_threads().clamp(1, 64);
-        let per_part = total.div_ceil(parts).max(1);
-        let level = self.level;
-        self.buckets
-            .par_chunks_mut(per_part)
-            .enumerate()
-            .map(|(part, buckets)| {
-                let first = part * per_part;
-                let end = first + buckets.len();
-                let mut overflow = Vec::new();
-                let mut mine = Vec::with_capacity(64);
-                for block in keys.chunks(64) {
-                    // Prefetch a block's buckets, then fill them: the misses overlap.
-                    mine.clear();
-                    for &key in block {
-                        let b = ((u128::from(mix(key, level)) * total as u128) >> 64) as usize;
-                        if (first..end).contains(&b) {
-                            prefetch(&buckets[b - first]);
-                            mine.push((b - first, key));
-                        }
-                    }
-                    for &(b, key) in &mine {
-                        if !buckets[b].insert(key & TAG_MASK) {
-                            overflow.push(key);
-                        }
-                    }
-                }
-                overflow
-            })
-            .reduce(Vec::new, |mut a, mut b| {
-                a.append(&mut b);
-                a
-            })
-    }
-}
-
-/// Asks Linux to back the vector's (still untouched) allocation with transparent huge pages,
-/// which matters when THP is in `madvise` mode. Small tables are left alone.
-#[cfg(target_os = "linux")]
-fn advise_huge_pages(buckets: &mut Vec<Bucket>) {
-    const PAGE: usize = 4096;
-    let bytes = buckets.capacity() * size_of::<Bucket>();
-    if bytes < (8 << 20) {
-        return;
-    }
-    let start = buckets.as_mut_ptr().cast::<u8>();
-    let skip = (start as usize).next_multiple_of(PAGE) - start as usize;
-    let len = (bytes - skip) / PAGE * PAGE;
-    // SAFETY: the range [start + skip, start + skip + len) lies inside this vector's live
-    // allocation (skip < PAGE <= bytes), page-aligned as madvise requires. MADV_HUGEPAGE only
-    // changes which page size the kernel uses to back the range; it never changes contents.
-    // Failure (e.g. THP disabled) leaves ordinary pages, so it is ignored.
-    let _ = unsafe {
-        rustix::mm::madvise(
-            start.wrapping_add(skip).cast(),
-            len,
-            rustix::mm::Advice::LinuxHugepage,
-        )
-    };
-}
-
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_: &mut Vec<Bucket>) {}
-
-/// Hints the CPU to load `bucket`'s line into cache; does nothing where not supported.
-#[inline(always)]
-fn prefetch(bucket: &Bucket) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: a prefetch is only a hint: it never faults and changes no state the program
-        // can observe, and the pointer comes from a live reference besides. SSE is part of the
-        // x86_64 baseline.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(bucket).cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bucket;
-}
-
-/// An immutable set of fingerprints for one epoch.
+/// One epoch's set of fingerprints.
 pub struct MatchIndex {
     epoch: Epoch,
     /// Table 0 holds ~99 % of the keys; each further table holds the overflow of the one before.
     tables: Vec<Table>,
-    /// Keys that overflowed the last table, whole and sorted (normally empty).
-    spill: Vec<u64>,
-    len: usize,
+    /// Keys that overflowed the last table, whole (normally empty; grows only when inserts
+    /// outgrow the tables between two builds).
+    spill: RwLock<HashSet<u64>>,
+    len: AtomicUsize,
 }
 
 /// The hashed mode's per-epoch artefact: fingerprints of every discoverable number under the
 /// epoch's salt.
-impl crate::store::rotation::EpochArtefact for MatchIndex {
-    fn build(
-        secret: &crate::domain::ServerSecret,
-        epoch: Epoch,
-        numbers: &crate::store::registry::DiscoverableNumbers,
-    ) -> Self {
+impl EpochArtefact for MatchIndex {
+    fn build(secret: &ServerSecret, epoch: Epoch, numbers: &DiscoverableNumbers) -> Self {
         Self::build_from_digits(epoch, &secret.salt(epoch), numbers.as_digits())
+    }
+
+    fn apply(&self, secret: &ServerSecret, changes: &[Discoverability], base: ChangeBase) {
+        let salt = secret.salt(self.epoch);
+        for change in changes {
+            let key = Fingerprint::compute(&salt, change.number).key();
+            if !change.discoverable {
+                self.remove(key);
+            } else if base == ChangeBase::Exact || !self.contains_key(key) {
+                // Built from another registry (before a bulk replace), the index may hold the
+                // key already; a second copy would outlive the next removal.
+                self.insert(key);
+            }
+        }
     }
 
     fn entries(&self) -> usize {
@@ -276,7 +112,7 @@ impl MatchIndex {
         numbers: &[T],
         number: impl Fn(&T) -> Option<E164> + Sync,
     ) -> Self {
-        let mut first = Table::with_capacity_for(numbers.len(), 0);
+        let mut first = Table::with_capacity_for(numbers.len(), 0, LOAD);
         let mut overflow = Vec::new();
         let mut len = 0;
         // Fingerprint a segment in parallel, then insert it in parallel: the temporary key
@@ -306,7 +142,7 @@ impl MatchIndex {
     /// Builds the index of raw keys the caller knows to be distinct (benchmarks of the insert
     /// step alone; a duplicate would only take a second slot and count twice in `len`).
     pub fn from_distinct_keys(epoch: Epoch, keys: &[u64]) -> Self {
-        let mut first = Table::with_capacity_for(keys.len(), 0);
+        let mut first = Table::with_capacity_for(keys.len(), 0, LOAD);
         let overflow = first.insert_all(keys);
         Self::finish(epoch, first, overflow, keys.len())
     }
@@ -314,16 +150,19 @@ impl MatchIndex {
     fn finish(epoch: Epoch, first: Table, mut overflow: Vec<u64>, len: usize) -> Self {
         let mut tables = vec![first];
         while !overflow.is_empty() && tables.len() < MAX_TABLES {
-            let mut next = Table::with_capacity_for(overflow.len(), tables.len() as u32);
+            let mut next = Table::with_capacity_for(overflow.len(), tables.len() as u32, LOAD);
             overflow = next.insert_all(&overflow);
             tables.push(next);
         }
-        overflow.sort_unstable();
+        Self::from_parts(epoch, tables, overflow, len)
+    }
+
+    fn from_parts(epoch: Epoch, tables: Vec<Table>, spill: Vec<u64>, len: usize) -> Self {
         Self {
             epoch,
             tables,
-            spill: overflow,
-            len,
+            spill: RwLock::new(spill.into_iter().collect()),
+            len: AtomicUsize::new(len),
         }
     }
 
@@ -334,38 +173,82 @@ impl MatchIndex {
 
     /// Number of fingerprints held.
     pub fn len(&self) -> usize {
-        self.len
+        self.len.load(Relaxed)
     }
 
     /// Whether the index holds no fingerprints.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    /// Bytes of heap the index holds.
+    /// Bytes of heap the index holds (the spill's at its hash table's capacity, a tag byte and
+    /// eight bytes of key per entry).
     pub fn heap_bytes(&self) -> usize {
-        self.tables
-            .iter()
-            .map(|t| t.buckets.capacity() * size_of::<Bucket>())
-            .sum::<usize>()
-            + self.spill.capacity() * 8
+        self.tables.iter().map(Table::bytes).sum::<usize>() + self.spill.read().capacity() * 9
+    }
+
+    /// Keys held in the spill (for stats: it grows only when inserts outgrow the tables).
+    pub fn spilled(&self) -> usize {
+        self.spill.read().len()
     }
 
     /// Whether `fingerprint` belongs to a discoverable number (or collides with one; see the
     /// module documentation for the rate).
     pub fn contains(&self, fingerprint: Fingerprint) -> bool {
-        self.contains_from(fingerprint.key(), 0)
+        self.contains_key(fingerprint.key())
+    }
+
+    fn contains_key(&self, key: u64) -> bool {
+        self.contains_from(key, 0)
     }
 
     fn contains_from(&self, key: u64, first_table: usize) -> bool {
+        let tag = tag_of(key);
         for table in &self.tables[first_table..] {
-            match table.probe(key) {
+            match table.bucket_of(key).probe(tag) {
                 Probe::Found => return true,
                 Probe::Absent => return false,
                 Probe::Overflowed => {}
             }
         }
-        self.spill.binary_search(&key).is_ok()
+        self.spill.read().contains(&key)
+    }
+
+    /// Adds `key` (one writer at a time: see the module documentation). The caller knows it
+    /// is not held yet; a key added twice takes two slots and needs two removals.
+    pub fn insert(&self, key: u64) {
+        let tag = tag_of(key);
+        // A full bucket is flagged by the failed insert, so the key stays reachable.
+        if !self.tables.iter().any(|t| t.bucket_of(key).insert(tag)) {
+            self.spill.write().insert(key);
+        }
+        self.len.fetch_add(1, Relaxed);
+    }
+
+    /// Removes `key` if held; returns whether it was. Clears the copy that lies deepest on the
+    /// key's path: a key went further only because the buckets before were full, so an equal
+    /// tag found earlier belongs to another key (see the module documentation).
+    pub fn remove(&self, key: u64) -> bool {
+        let tag = tag_of(key);
+        let mut deepest = None;
+        let mut reached_spill = true;
+        for table in &self.tables {
+            let bucket = table.bucket_of(key);
+            let (found, overflowed) = bucket.check(tag);
+            if found {
+                deepest = Some(bucket);
+            }
+            if !overflowed {
+                reached_spill = false;
+                break;
+            }
+        }
+        let removed = (reached_spill && self.spill.write().remove(&key))
+            || deepest.is_some_and(|b| b.remove(tag));
+        if removed {
+            self.len.fetch_sub(1, Relaxed);
+        }
+        removed
     }
 
     /// Looks up a batch and sets bit `i` (least significant first in each byte) of `bitmap` iff
@@ -384,7 +267,7 @@ impl MatchIndex {
                 first.prefetch(ahead.key());
             }
             let key = fp.key();
-            let (mut hit, overflowed) = first.buckets[first.bucket_of(key)].check(key & TAG_MASK);
+            let (mut hit, overflowed) = first.bucket_of(key).check(tag_of(key));
             // Taken for about 4 % of misses only, so well predicted.
             if overflowed & !hit {
                 hit = self.contains_from(key, 1);
@@ -492,37 +375,25 @@ mod tests {
         // and differ in their low 40 bits, so each must be found through the overflow path.
         let crowd: Vec<u64> = (0..2_000u64).map(|i| i * 7 + 1).collect();
         let index = MatchIndex::from_keys(Epoch(0), crowd.clone());
-        assert!(index.tables[0].buckets[0].0[META] & OVERFLOW != 0);
+        assert!(index.tables[0].buckets[0].overflowed());
         assert!(index.tables.len() > 1);
         let probes: Vec<u64> = (0..2_000u64).map(|i| i * 7 + 3).collect();
         check_against_set(&index, &crowd, &probes);
 
         // A table holding only one bucket per level cannot absorb its overflow: keys run
         // through all tables into the sorted spill list.
-        let mut first = Table {
-            buckets: vec![Bucket::EMPTY],
-            level: 0,
-        };
+        let mut first = Table::with_buckets(1, 0);
         let overflow = first.insert_all(&crowd);
-        assert_eq!(overflow.len(), crowd.len() - SLOTS);
+        assert_eq!(overflow.len(), crowd.len() - bucket::SLOTS);
         let mut tables = vec![first];
         let mut rest = overflow;
         while tables.len() < MAX_TABLES {
-            let mut next = Table {
-                buckets: vec![Bucket::EMPTY],
-                level: tables.len() as u32,
-            };
+            let mut next = Table::with_buckets(1, tables.len() as u32);
             rest = next.insert_all(&rest);
             tables.push(next);
         }
-        rest.sort_unstable();
         assert!(!rest.is_empty());
-        let index = MatchIndex {
-            epoch: Epoch(0),
-            tables,
-            spill: rest,
-            len: crowd.len(),
-        };
+        let index = MatchIndex::from_parts(Epoch(0), tables, rest, crowd.len());
         check_against_set(&index, &crowd, &probes);
     }
 
@@ -533,6 +404,105 @@ mod tests {
         // Same bucket (there is one), same low 40 bits, different key: reported present.
         assert!(index.contains(Fingerprint::from_bytes((member | 1 << 50).to_le_bytes())));
         assert!(!index.contains(Fingerprint::from_bytes((member + 1).to_le_bytes())));
+    }
+
+    /// Keys that all fall into the first bucket of a small index (their high bits are zero), so
+    /// changes overflow through every table into the spill and back.
+    fn crowded(i: u64) -> u64 {
+        (i.wrapping_mul(0x9e37_79b9) & 0xff_ffff_ffff) | (i & 3) << 40
+    }
+
+    proptest! {
+        /// Inserts and removals in any order, on a built index, give the answers of a set:
+        /// through full buckets, every overflow table and the spill, for keys of both the
+        /// build and the changes.
+        #[test]
+        fn changes_in_place_agree_with_a_set(
+            built in proptest::collection::vec(0u64..60, 0..60),
+            ops in proptest::collection::vec((any::<bool>(), 0u64..60, any::<bool>()), 0..300),
+        ) {
+            let mut model: std::collections::HashSet<u64> = built.iter().map(|&i| crowded(i)).collect();
+            let index = MatchIndex::from_keys(Epoch(0), model.iter().copied().collect());
+            for (insert, i, spread) in ops {
+                // Half the keys crowd one bucket, half spread over the table.
+                let key = if spread { i.wrapping_mul(0x2545_f491_4f6c_dd1d) } else { crowded(i) };
+                if insert && model.insert(key) {
+                    index.insert(key);
+                } else if !insert {
+                    prop_assert_eq!(index.remove(key), model.remove(&key));
+                }
+                prop_assert_eq!(index.len(), model.len());
+            }
+            let probes: Vec<u64> = (0..60u64)
+                .flat_map(|i| [crowded(i), i.wrapping_mul(0x2545_f491_4f6c_dd1d)])
+                .collect();
+            let keys: Vec<u64> = model.iter().copied().collect();
+            check_against_set(&index, &keys, &probes);
+        }
+    }
+
+    #[test]
+    fn removal_clears_the_copy_on_the_keys_own_path() {
+        // Two keys with one tag in one bucket: the second overflowed (the bucket was full), so
+        // removing it must clear its own copy further on, not the first key's.
+        let filler: Vec<u64> = (1..=11u64).map(|i| i << 8).collect();
+        let index = MatchIndex::from_keys(Epoch(0), filler.clone());
+        let first = 0x77;
+        let second = first | 1 << 41; // same bucket (one bucket), same low 40 bits
+        index.insert(first);
+        index.insert(second);
+        assert_eq!(
+            index.spilled(),
+            1,
+            "the second went on past the full bucket"
+        );
+        assert!(index.remove(second));
+        assert!(index.contains(Fingerprint::from_bytes(first.to_le_bytes())));
+        assert!(index.remove(first));
+        assert!(!index.contains(Fingerprint::from_bytes(first.to_le_bytes())));
+        assert!(!index.remove(first), "nothing left to remove");
+        check_against_set(&index, &filler, &[first, second]);
+    }
+
+    #[test]
+    fn lookups_during_changes_never_miss_a_key_that_stays() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let stable: Vec<u64> = (0..20_000).map(|_| rng.random()).collect();
+        let churn: Vec<u64> = (0..20_000).map(|_| rng.random()).collect();
+        // Tables sized for the stable keys: the churned ones double the load, so they share
+        // buckets with stable keys, overflow and reach the spill.
+        let index = MatchIndex::from_keys(Epoch(0), stable.clone());
+        let batch: Vec<Fingerprint> = stable
+            .iter()
+            .map(|k| Fingerprint::from_bytes(k.to_le_bytes()))
+            .collect();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut rounds = 0;
+                let mut bitmap = vec![0u8; batch.len().div_ceil(8)];
+                while !stop.load(Relaxed) || rounds < 3 {
+                    bitmap.fill(0);
+                    let found = index.lookup_into_bitmap(&batch, &mut bitmap);
+                    assert_eq!(found, batch.len(), "a stable key went missing");
+                    rounds += 1;
+                }
+                rounds
+            });
+            for _ in 0..20 {
+                for &key in &churn {
+                    index.insert(key);
+                }
+                for &key in &churn {
+                    assert!(index.remove(key));
+                }
+            }
+            stop.store(true, Relaxed);
+            assert!(reader.join().unwrap() >= 3);
+        });
+        assert_eq!(index.len(), stable.len());
+        check_against_set(&index, &stable, &churn[..100]);
     }
 
     proptest! {
