@@ -1,6 +1,6 @@
 //! Benchmarks of the discovery hot path: fingerprinting, index build, batched lookup (against a
-//! plain `HashSet<u64>` on the same probes), the wire codecs, and one whole request through the
-//! public router without a socket.
+//! plain `HashSet<u64>` on the same probes), a change applied to a live index and lookups after
+//! many, the wire codecs, and one whole request through the public router without a socket.
 //!
 //! `cargo bench --bench discovery` measures; `cargo test --all-targets` runs each once on small
 //! inputs. `CD_BENCH_USERS` sets the registered users for the lookup benches and (up to 10 M)
@@ -145,6 +145,73 @@ fn lookup(c: &mut Criterion) {
     group.finish();
 }
 
+/// Applying a change to a live index, and lookups after many changes (issue 13): an index of
+/// `users()` keys takes 10 % of that in changes, half removals of built keys and half inserts
+/// of new ones; a second one takes 10 % in inserts only, the case that outgrows the tables.
+/// Prints what the changes cost in memory.
+fn live_changes(c: &mut Criterion) {
+    use contact_discovery::domain::ServerSecret;
+    use contact_discovery::store::registry::Discoverability;
+    use contact_discovery::store::rotation::{ChangeBase, EpochArtefact};
+
+    let n = users();
+    let changes = n / 10;
+    let mut group = c.benchmark_group("live_index");
+
+    // One change through the artefact interface: fingerprint under the epoch's salt, then an
+    // insert or a removal. Adds and removes alternate, so the index keeps its size.
+    let secret = ServerSecret::from_bytes([3; 32]);
+    let numbers = generate::numbers(1_024, 77);
+    let index = MatchIndex::from_distinct_keys(Epoch(1), &random_keys(n, 11));
+    group.throughput(Throughput::Elements(1));
+    let mut turn = 0usize;
+    group.bench_function(format!("apply_change/{n}"), |b| {
+        b.iter(|| {
+            let number = numbers[(turn / 2) % numbers.len()];
+            let discoverable = turn % 2 == 0;
+            turn += 1;
+            let change = Discoverability {
+                number,
+                discoverable,
+            };
+            <MatchIndex as EpochArtefact>::apply(&index, &secret, &[change], ChangeBase::Exact);
+        });
+    });
+    drop(index);
+
+    for (name, removals) in [("mixed", changes / 2), ("inserts_only", 0)] {
+        let keys = random_keys(n, 11);
+        let index = MatchIndex::from_distinct_keys(Epoch(1), &keys);
+        let before = index.heap_bytes();
+        for key in &keys[..removals] {
+            index.remove(*key);
+        }
+        let added = random_keys(changes - removals, 12);
+        for key in &added {
+            index.insert(*key);
+        }
+        eprintln!(
+            "live index {name}: {n} keys, {changes} changes: {:+.3} bytes per user, {} spilled",
+            (index.heap_bytes() as f64 - before as f64) / n as f64,
+            index.spilled()
+        );
+        let members: Vec<u64> = keys[removals..].iter().chain(&added).copied().collect();
+        let batches = probe_batches(&members, 256);
+        drop(members);
+        group.throughput(Throughput::Elements(BATCH as u64));
+        let mut bitmap = vec![0u8; BATCH.div_ceil(8)];
+        let mut next = 0usize;
+        group.bench_function(format!("lookup_after_{changes}_{name}/{n}"), |b| {
+            b.iter(|| {
+                next = (next + 1) % batches.len();
+                bitmap.fill(0);
+                black_box(index.lookup_into_bitmap(&batches[next], &mut bitmap))
+            });
+        });
+    }
+    group.finish();
+}
+
 fn codecs(c: &mut Criterion) {
     let fps: Vec<Fingerprint> = random_keys(BATCH, 3)
         .iter()
@@ -263,6 +330,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = fingerprinting, index_build, lookup, codecs, whole_request
+    targets = fingerprinting, index_build, lookup, live_changes, codecs, whole_request
 }
 criterion_main!(benches);
