@@ -168,7 +168,7 @@ fn live_changes(c: &mut Criterion) {
     group.bench_function(format!("apply_change/{n}"), |b| {
         b.iter(|| {
             let number = numbers[(turn / 2) % numbers.len()];
-            let discoverable = turn % 2 == 0;
+            let discoverable = turn.is_multiple_of(2);
             turn += 1;
             let change = Discoverability {
                 number,
