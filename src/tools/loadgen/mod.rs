@@ -31,7 +31,7 @@ use crate::protocol::{EpochInfo, Format};
 use crate::server::config::default_credential_key_path;
 use bodies::{Bodies, Pools};
 pub use changes::{ChangeArgs, ChangeMix};
-use changes::{ChangeRun, ChangesSummary};
+use changes::{ChangeThread, ChangesSummary};
 use drive::{Driven, Load};
 pub use report::Report;
 
@@ -189,11 +189,9 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
         let report = redis::compare(args, addr, &first, &bodies).await?;
         return Ok(Report::from_json(report));
     }
-    let change_run = if args.changes.enabled() {
+    let change_thread = if args.changes.enabled() {
         let credential = mint(args, &key, "loadgen-change-poller")?;
-        Some(Arc::new(
-            ChangeRun::prepare(args, &first, credential).await?,
-        ))
+        Some(ChangeThread::spawn(args, &first, credential).await?)
     } else {
         None
     };
@@ -202,12 +200,13 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
         .map_err(|e| LoadgenError::Invalid(e.to_string()))?;
     let load = Arc::new(load);
     let changes = async {
-        match change_run {
-            Some(run) => Some(run.run().await),
-            None => None,
+        match change_thread {
+            Some(thread) => thread.run().await.map(Some),
+            None => Ok(None),
         }
     };
     let (driven, changes) = tokio::join!(drive::drive(&load), changes);
+    let changes = changes?;
     let cpu_after = args.server_pid.and_then(process_cpu_seconds);
     let server_cpu_seconds = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
     Ok(report(

@@ -6,8 +6,12 @@
 //! (200 or 202), its numbers go to the *poller*: one library [`Client`] with its own
 //! credential, asking `/v1/discover` back to back (one request in flight, every unconfirmed
 //! number in one batch, capped at the server's `max_batch`) until each number shows its
-//! expected state, or `--visible-timeout` has passed since its request was sent ("never
-//! visible"). The poller's requests are its own: they never count in the discovery figures.
+//! expected state, or `--visible-timeout` has passed since its request was scheduled ("never
+//! visible"). At most `--admin-max-in-flight` admin requests are in flight (the server caps
+//! connections per address); waiting for a slot counts as latency, as for discovery requests.
+//! The poller's requests are its own: they never count in the discovery figures, and the
+//! change traffic runs on its own thread and runtime ([`ChangeThread`]) so the back-to-back
+//! poller does not delay the discovery schedule.
 
 mod ledger;
 
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore, oneshot};
 
 use super::drive::{MAX_MICROS, histogram};
 use super::report::{percentiles, status_name};
@@ -56,10 +60,13 @@ pub struct ChangeArgs {
     /// Admin bearer token file (overrides DATA_DIR/admin.token, which `serve` generates).
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
-    /// A change not seen in its expected state this long after its request was sent counts as
-    /// never visible.
+    /// A change not seen in its expected state this long after its request was scheduled
+    /// counts as never visible.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub visible_timeout: Duration,
+    /// Most admin requests in flight; later ones wait, and the wait counts as latency.
+    #[arg(long, default_value_t = 16)]
+    pub admin_max_in_flight: usize,
 }
 
 impl Default for ChangeArgs {
@@ -72,6 +79,7 @@ impl Default for ChangeArgs {
             admin_server: DEFAULT_ADMIN_SERVER.to_owned(),
             admin_token_file: None,
             visible_timeout: Duration::from_secs(10),
+            admin_max_in_flight: 16,
         }
     }
 }
@@ -94,6 +102,9 @@ impl ChangeArgs {
         if self.visible_timeout.is_zero() {
             return invalid("--visible-timeout must be positive");
         }
+        if self.admin_max_in_flight == 0 {
+            return invalid("--admin-max-in-flight must be positive");
+        }
         Ok(())
     }
 
@@ -112,6 +123,7 @@ pub(super) struct ChangeRun {
     registrations_url: String,
     admin_token: String,
     admin: reqwest::Client,
+    admin_slots: Semaphore,
     poller: Client,
     max_batch: usize,
     ledger: Mutex<Ledger>,
@@ -129,7 +141,7 @@ pub(super) struct ChangeRun {
 #[derive(Clone, Copy)]
 struct Pending {
     change: Change,
-    /// When its admin request was scheduled (and sent: admin requests never wait for a slot).
+    /// When its admin request was scheduled.
     sent: Instant,
 }
 
@@ -222,6 +234,7 @@ impl ChangeRun {
                 "{}/admin/v1/registrations",
                 changes.admin_server.trim_end_matches('/')
             ),
+            admin_slots: Semaphore::new(changes.admin_max_in_flight),
             args: changes,
             requests,
             admin_token,
@@ -260,8 +273,12 @@ impl ChangeRun {
         self.summary()
     }
 
-    /// One admin request: picks its numbers, sends, hands acknowledged ones to the poller.
+    /// One admin request: waits for a slot, picks its numbers, sends, hands acknowledged ones
+    /// to the poller.
     async fn send(self: Arc<Self>, scheduled: Instant) {
+        let Ok(_slot) = self.admin_slots.acquire().await else {
+            return;
+        };
         let picked = self.ledger.lock().pick(self.args.changes_per_request);
         if picked.is_empty() {
             self.tally.empty.fetch_add(1, Ordering::Relaxed);
@@ -428,6 +445,61 @@ impl ChangeRun {
     }
 }
 
+/// The change traffic on a thread of its own, prepared and waiting for [`ChangeThread::run`].
+pub(super) struct ChangeThread {
+    start: oneshot::Sender<()>,
+    done: oneshot::Receiver<ChangesSummary>,
+}
+
+impl ChangeThread {
+    /// Starts the thread and prepares the run on it ([`ChangeRun::prepare`]); returns once it is
+    /// ready to start.
+    pub async fn spawn(
+        args: &LoadgenArgs,
+        first: &EpochInfo,
+        credential: String,
+    ) -> Result<Self, LoadgenError> {
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(), LoadgenError>>();
+        let (start, start_rx) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| LoadgenError::Invalid(format!("starting the change runtime: {e}")))?;
+        let (args, first) = (args.clone(), first.clone());
+        std::thread::Builder::new()
+            .name("loadgen-changes".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let run = match ChangeRun::prepare(&args, &first, credential).await {
+                        Ok(run) => Arc::new(run),
+                        Err(err) => {
+                            let _ = ready_tx.send(Err(err));
+                            return;
+                        }
+                    };
+                    if ready_tx.send(Ok(())).is_err() || start_rx.await.is_err() {
+                        return;
+                    }
+                    let _ = done_tx.send(run.run().await);
+                });
+            })
+            .map_err(|e| LoadgenError::Invalid(format!("starting the change thread: {e}")))?;
+        ready_rx.await.map_err(|_| stopped())??;
+        Ok(Self { start, done })
+    }
+
+    /// Runs the change traffic (its clock starts now) and returns what it measured.
+    pub async fn run(self) -> Result<ChangesSummary, LoadgenError> {
+        self.start.send(()).map_err(|()| stopped())?;
+        self.done.await.map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> LoadgenError {
+    LoadgenError::Invalid("the change traffic's thread stopped unexpectedly".into())
+}
+
 /// `{"add": [...], "remove": [...], "hide": [...]}` for `changes`.
 fn request_body(changes: &[Change]) -> serde_json::Value {
     let list = |field: &str| -> Vec<String> {
@@ -521,6 +593,7 @@ impl ChangesSummary {
             "mix": self.args.change_mix.to_string(),
             "admin_server": self.args.admin_server,
             "visible_timeout_s": self.args.visible_timeout.as_secs_f64(),
+            "admin_max_in_flight": self.args.admin_max_in_flight,
             "requests": self.requests,
             "requests_empty": self.empty,
             "late_starts": self.late,
