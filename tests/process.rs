@@ -1,4 +1,5 @@
-//! The real binary as a child process: kill -9 durability, SIGTERM, core dumps, registry CLI.
+//! The real binary as a child process: kill -9 durability, SIGTERM, core dumps, registry CLI,
+//! `loadgen` with registry changes.
 
 mod common;
 
@@ -689,4 +690,109 @@ fn the_dockerfile_health_check_command_works() {
     server.kill9();
     let gone = Command::new(BIN).args(&command).output().unwrap();
     assert!(!gone.status.success(), "a dead server fails the check");
+}
+
+/// `loadgen --change-rate` against a real server: admin changes go out while the discovery load
+/// runs, and every acknowledged change is seen in its expected state through `/v1/discover`.
+/// Latency figures are only checked to be there: they are benchmarks, not timed tests.
+#[test]
+fn loadgen_changes_become_visible_and_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let numbers: String = contact_discovery::tools::generate::numbers(300, 1)
+        .iter()
+        .map(|n| format!("{n}\n"))
+        .collect();
+    common::import(dir.path(), &numbers);
+    // No --admin-token: the server generates <data-dir>/admin.token, loadgen's default.
+    let mut command = common::serve_command(dir.path());
+    command.args([
+        "--rate-limit-burst",
+        "4000000000",
+        "--rate-limit-refill-per-day",
+        "4000000000",
+    ]);
+    let server = common::start(command);
+    let out = Command::new(BIN)
+        .args(["loadgen", "--server"])
+        .arg(format!("http://{}", server.public))
+        .arg("--admin-server")
+        .arg(format!("http://{}", server.admin))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--registry-size",
+            "300",
+            "--pool",
+            "300",
+            "--rate",
+            "50",
+            "--duration",
+            "2s",
+            "--batch",
+            "20",
+            "--users",
+            "5",
+            "--change-rate",
+            "50",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &j["changes"];
+    let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("{k} in {c}"));
+    assert_eq!(n("requests"), 100, "{c}");
+    assert_eq!(n("sent"), 100, "{c}");
+    assert_eq!(n("admin_errors"), 0, "{c}");
+    assert_eq!(n("applied_200") + n("accepted_202"), 100, "{c}");
+    assert_eq!(n("acknowledged"), n("sent"), "{c}");
+    assert_eq!(n("visible"), n("acknowledged"), "{c}");
+    assert_eq!(n("never_visible"), 0, "{c}");
+    let kinds: u64 = ["add", "unhide", "remove", "hide"]
+        .iter()
+        .map(|k| c["kinds"][k].as_u64().unwrap())
+        .sum();
+    assert_eq!(kinds, 100, "{c}");
+    for histogram in ["admin_latency_ms", "visible_latency_ms"] {
+        for q in ["p50", "p90", "p99", "p99.9", "max"] {
+            assert!(
+                c[histogram][q].as_f64().unwrap() > 0.0,
+                "{histogram} {q}: {c}"
+            );
+        }
+    }
+    // The poller asked, but the discovery figures count only the load's own requests.
+    assert!(n("poll_requests") > 0, "{c}");
+    assert_eq!(j["scheduled"], 100, "{j}");
+    assert_eq!(j["completed"], 100, "{j}");
+    assert_eq!(j["errors"], 0, "{j}");
+
+    // Without --change-rate the report has no changes.
+    let out = Command::new(BIN)
+        .args(["loadgen", "--server"])
+        .arg(format!("http://{}", server.public))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--registry-size",
+            "300",
+            "--pool",
+            "300",
+            "--rate",
+            "20",
+            "--duration",
+            "200ms",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["changes"].is_null(), "{j}");
+    server.kill9();
 }

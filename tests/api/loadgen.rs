@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use contact_discovery::protocol::Format;
 use contact_discovery::tools::generate;
-use contact_discovery::tools::loadgen::{BatchSizes, LoadgenArgs, run};
+use contact_discovery::tools::loadgen::{BatchSizes, ChangeArgs, LoadgenArgs, run};
 
 use crate::helpers::spawn_app_with;
 
@@ -33,6 +33,7 @@ fn args(server: String, data_dir: std::path::PathBuf) -> LoadgenArgs {
         server_pid: Some(std::process::id()),
         json: true,
         redis: None,
+        changes: ChangeArgs::default(),
     }
 }
 

@@ -51,14 +51,17 @@ pub fn serve_command(data_dir: &Path) -> Command {
 /// Like [`start_server`], with environment variables set for the child.
 pub fn start_server_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut command = serve_command(data_dir);
-    command
-        .args(["--admin-token", ADMIN_TOKEN])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.args(["--admin-token", ADMIN_TOKEN]).args(extra);
     for (key, value) in env {
         command.env(key, value);
     }
+    start(command)
+}
+
+/// Spawns `command` (a [`serve_command`] with its flags) with its output captured, and waits
+/// until it logs its addresses.
+pub fn start(mut command: Command) -> Server {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().expect("server starts");
     let output = Arc::new(Mutex::new(Vec::new()));
     let mut readers = Vec::new();

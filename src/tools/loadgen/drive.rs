@@ -17,7 +17,7 @@ use crate::client::Client;
 use crate::protocol::{self, Format};
 
 /// Longest latency recorded, in microseconds (10 min).
-const MAX_MICROS: u64 = 600_000_000;
+pub(super) const MAX_MICROS: u64 = 600_000_000;
 
 /// A latency histogram: microseconds from 1 µs to 10 min, three significant digits.
 pub(super) fn histogram() -> Histogram<u64> {

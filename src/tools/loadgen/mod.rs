@@ -7,9 +7,12 @@
 //! with (`registry generate --seed S` gives a prefix of the same sequence), misses come from
 //! another seed. Bodies are prepared ahead so the generator spends little CPU per request.
 //! Credentials are minted for many users with the credential key, so the per-user rate limit
-//! does not dominate (the server still needs a high `--rate-limit-burst`).
+//! does not dominate (the server still needs a high `--rate-limit-burst`). With
+//! `--change-rate`, registry changes go to the admin listener at the same time and the report
+//! says how long each took to become visible (see `changes`).
 
 mod bodies;
+mod changes;
 mod drive;
 mod redis;
 mod report;
@@ -27,6 +30,8 @@ use crate::domain::{CredentialKey, UserId};
 use crate::protocol::{EpochInfo, Format};
 use crate::server::config::default_credential_key_path;
 use bodies::{Bodies, Pools};
+pub use changes::{ChangeArgs, ChangeMix};
+use changes::{ChangeThread, ChangesSummary};
 use drive::{Driven, Load};
 pub use report::Report;
 
@@ -95,6 +100,9 @@ pub struct LoadgenArgs {
     /// `SMISMEMBER` with the same batches, closed loop on `--max-in-flight` connections.
     #[arg(long)]
     pub redis: Option<String>,
+    /// Registry changes sent to the admin listener during the run (off by default).
+    #[command(flatten)]
+    pub changes: ChangeArgs,
 }
 
 /// How batch sizes are drawn.
@@ -171,7 +179,8 @@ pub enum LoadgenError {
 /// Runs the load and returns the report.
 pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
     validate(args)?;
-    let tokens = mint_tokens(args)?;
+    let key = credential_key(args)?;
+    let tokens = mint_tokens(args, &key)?;
     let epochs = epoch_client(args)?;
     let pools = Pools::generate(args);
     let first = fetch_epoch(&epochs, &args.server).await?;
@@ -180,14 +189,34 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
         let report = redis::compare(args, addr, &first, &bodies).await?;
         return Ok(Report::from_json(report));
     }
+    let change_thread = if args.changes.enabled() {
+        let credential = mint(args, &key, "loadgen-change-poller")?;
+        Some(ChangeThread::spawn(args, &first, credential).await?)
+    } else {
+        None
+    };
     let cpu_before = args.server_pid.and_then(process_cpu_seconds);
     let load = Load::new(args, epochs, tokens, pools, bodies)
         .map_err(|e| LoadgenError::Invalid(e.to_string()))?;
     let load = Arc::new(load);
-    let driven = drive::drive(&load).await;
+    let changes = async {
+        match change_thread {
+            Some(thread) => thread.run().await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let (driven, changes) = tokio::join!(drive::drive(&load), changes);
+    let changes = changes?;
     let cpu_after = args.server_pid.and_then(process_cpu_seconds);
     let server_cpu_seconds = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
-    Ok(report(args, first.epoch, &load, driven, server_cpu_seconds))
+    Ok(report(
+        args,
+        first.epoch,
+        &load,
+        driven,
+        server_cpu_seconds,
+        changes,
+    ))
 }
 
 /// Refuses settings the run cannot use.
@@ -198,24 +227,36 @@ fn validate(args: &LoadgenArgs) -> Result<(), LoadgenError> {
     if !(0.0..=1.0).contains(&args.hit_ratio) {
         return Err(LoadgenError::Invalid("--hit-ratio must be in 0..=1".into()));
     }
+    args.changes.validate()?;
+    if args.changes.enabled() && args.redis.is_some() {
+        return Err(LoadgenError::Invalid(
+            "--change-rate does not apply to the Redis comparison (--redis)".into(),
+        ));
+    }
     Ok(())
 }
 
-/// `Authorization` header values for `--users` users, minted with the credential key and
-/// valid for the run plus an hour.
-fn mint_tokens(args: &LoadgenArgs) -> Result<Vec<String>, LoadgenError> {
+/// The credential key (`--credential-key-file`, or the data directory's).
+fn credential_key(args: &LoadgenArgs) -> Result<CredentialKey, LoadgenError> {
     let key = match &args.credential_key_file {
         Some(path) => secret::read_key(path)?,
         None => secret::read_key(&default_credential_key_path(&args.data_dir))?,
     };
-    let key = CredentialKey::from_bytes(key);
+    Ok(CredentialKey::from_bytes(key))
+}
+
+/// A credential for `user`, valid for the run plus an hour.
+fn mint(args: &LoadgenArgs, key: &CredentialKey, user: &str) -> Result<String, LoadgenError> {
     let expiry = crate::clock::Clock::System.now_secs() + args.duration.as_secs() + 3_600;
+    UserId::parse(user)
+        .map(|user| key.mint(&user, expiry))
+        .map_err(|e| LoadgenError::Invalid(e.to_string()))
+}
+
+/// `Authorization` header values for `--users` users, minted with the credential key.
+fn mint_tokens(args: &LoadgenArgs, key: &CredentialKey) -> Result<Vec<String>, LoadgenError> {
     (0..args.users.max(1))
-        .map(|i| {
-            UserId::parse(&format!("loadgen-{i}"))
-                .map(|user| format!("Bearer {}", key.mint(&user, expiry)))
-                .map_err(|e| LoadgenError::Invalid(e.to_string()))
-        })
+        .map(|i| mint(args, key, &format!("loadgen-{i}")).map(|c| format!("Bearer {c}")))
         .collect()
 }
 
@@ -242,6 +283,7 @@ fn report(
     load: &Load,
     driven: Driven,
     server_cpu_seconds: Option<f64>,
+    changes: Option<ChangesSummary>,
 ) -> Report {
     let tally = &load.tally;
     Report::new(report::Inputs {
@@ -260,6 +302,7 @@ fn report(
         first_epoch,
         final_epoch: load.current_epoch(),
         resent_after_410: tally.resent_after_410.load(Ordering::Relaxed),
+        changes,
     })
 }
 

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use super::LoadgenArgs;
+use super::changes::ChangesSummary;
 
 /// Everything a run measured.
 pub(super) struct Inputs {
@@ -26,6 +27,8 @@ pub(super) struct Inputs {
     pub first_epoch: u64,
     pub final_epoch: u64,
     pub resent_after_410: u64,
+    /// The change traffic's figures, when `--change-rate` asked for some.
+    pub changes: Option<ChangesSummary>,
 }
 
 /// The summary of a load run.
@@ -37,28 +40,34 @@ fn ms(micros: u64) -> f64 {
     micros as f64 / 1_000.0
 }
 
+/// p50, p90, p99, p99.9 and max of a histogram of microseconds, in milliseconds.
+pub(super) fn percentiles(histogram: &Histogram<u64>) -> BTreeMap<&'static str, f64> {
+    [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)]
+        .into_iter()
+        .map(|(name, q)| (name, ms(histogram.value_at_quantile(q / 100.0))))
+        .chain([("max", ms(histogram.max()))])
+        .collect()
+}
+
+/// A status's key in the report: the number, or `transport_error` for 0.
+pub(super) fn status_name(status: u16) -> String {
+    if status == 0 {
+        "transport_error".to_owned()
+    } else {
+        status.to_string()
+    }
+}
+
 impl Report {
     pub(super) fn new(i: Inputs) -> Self {
         let completed: u64 = i.statuses.values().sum();
         let ok = i.statuses.get(&200).copied().unwrap_or(0);
         let secs = i.sending.as_secs_f64().max(1e-9);
-        let percentiles: BTreeMap<&str, f64> =
-            [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)]
-                .into_iter()
-                .map(|(name, q)| (name, ms(i.latency.value_at_quantile(q / 100.0))))
-                .chain([("max", ms(i.latency.max()))])
-                .collect();
+        let percentiles = percentiles(&i.latency);
         let statuses: BTreeMap<String, u64> = i
             .statuses
             .iter()
-            .map(|(s, c)| {
-                let name = if *s == 0 {
-                    "transport_error".to_owned()
-                } else {
-                    s.to_string()
-                };
-                (name, *c)
-            })
+            .map(|(s, c)| (status_name(*s), *c))
             .collect();
         let timeline: Vec<_> = i
             .timeline
@@ -111,6 +120,7 @@ impl Report {
             "final_epoch": i.final_epoch,
             "resent_after_410": i.resent_after_410,
             "timeline": timeline,
+            "changes": i.changes.as_ref().map(ChangesSummary::to_json),
         });
         Self { json }
     }
@@ -190,7 +200,75 @@ impl Report {
                 j["late_starts"]
             );
         }
+        if j["changes"].is_object() {
+            render_changes(&mut out, &j["changes"]);
+        }
         out
+    }
+}
+
+/// The text lines of the `changes` object.
+fn render_changes(out: &mut String, c: &serde_json::Value) {
+    let n = |k: &str| c[k].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "changes: {} sent in {} admin requests at {}/s ({} a request, mix {}): {}",
+        n("sent"),
+        n("requests"),
+        c["rate"].as_f64().unwrap_or(0.0),
+        n("per_request"),
+        c["mix"].as_str().unwrap_or(""),
+        c["kinds"]
+    );
+    let _ = writeln!(
+        out,
+        "admin answers: {} applied (200), {} accepted (202), {} errors: {}",
+        n("applied_200"),
+        n("accepted_202"),
+        n("admin_errors"),
+        c["admin_statuses"]
+    );
+    let _ = writeln!(
+        out,
+        "changes acknowledged {}, visible {}, never visible within {:.1}s {} ({} poll requests, {} poll errors)",
+        n("acknowledged"),
+        n("visible"),
+        c["visible_timeout_s"].as_f64().unwrap_or(0.0),
+        n("never_visible"),
+        n("poll_requests"),
+        n("poll_errors")
+    );
+    for (label, key) in [
+        ("admin latency ms", "admin_latency_ms"),
+        ("change→visible ms", "visible_latency_ms"),
+    ] {
+        let l = &c[key];
+        let q = |k: &str| l[k].as_f64().unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "{label}: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            q("p50"),
+            q("p90"),
+            q("p99"),
+            q("p99.9"),
+            q("max")
+        );
+    }
+    if n("late_starts") > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} admin requests started more than 1 ms late",
+            n("late_starts")
+        );
+    }
+    if n("requests_empty") > 0 || n("screened_out") > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} admin requests found no number left to change; {} candidate numbers were \
+             not in the assumed state before the run and were left out",
+            n("requests_empty"),
+            n("screened_out")
+        );
     }
 }
 
