@@ -1,0 +1,281 @@
+//! What every request on a listener passes through, around its router, in one layer: load
+//! shedding (public listener), panics caught into a fixed 500, `Cache-Control: no-store` on
+//! every answer, request counts and latencies by listener, route template and status, and the
+//! access log.
+//!
+//! It is one hand-written service around the finished router rather than axum middleware inside
+//! it (`from_fn` layers, `CatchPanicLayer`), because each of those clones the boxed services
+//! below it and boxes a future on every request: about twenty allocations (each wiped on free by
+//! the binary's allocator) for a request that otherwise needs a handful. The route template is
+//! the request's path when the listener has a route for it (no route has a parameter), else
+//! `unmatched`: never the raw path of an unknown route, never the query.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use tokio::sync::Semaphore;
+use tower::Service;
+
+use super::overload::RETRY_AFTER_SECS;
+use super::{ApiError, Observe};
+
+/// Fingerprints in a discovery request, attached to its response for the access log (only
+/// while debug logs are on: the extension costs an allocation per request).
+#[derive(Clone, Copy)]
+pub struct BatchSize(pub usize);
+
+/// The answer to one request, once everything around the router is done.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// In-flight slots that requests to some routes must take; one that finds none is answered
+/// `503 overloaded` with `Retry-After` at once, instead of waiting in an unbounded queue.
+pub struct Shed {
+    /// The slots.
+    pub slots: Arc<Semaphore>,
+    /// The routes that take one (health checks do not: an overloaded replica is not dead).
+    pub routes: Vec<&'static str>,
+}
+
+/// A router and the paths of its routes (the `route` label's values), built together so they
+/// cannot disagree.
+pub struct Routes<S> {
+    router: Router<S>,
+    paths: Vec<&'static str>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    /// No routes yet.
+    pub fn new() -> Self {
+        Self {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    /// Adds a route at `path` (a fixed path: no parameters, no wildcards).
+    pub fn route(self, path: &'static str, method_router: MethodRouter<S>) -> Self {
+        let mut paths = self.paths;
+        paths.push(path);
+        Self {
+            router: self.router.route(path, method_router),
+            paths,
+        }
+    }
+
+    /// Changes the router without adding routes (a `route_layer`, say).
+    pub fn map_router(self, change: impl FnOnce(Router<S>) -> Router<S>) -> Self {
+        Self {
+            router: change(self.router),
+            paths: self.paths,
+        }
+    }
+
+    /// Both sets of routes.
+    pub fn merge(self, other: Routes<S>) -> Self {
+        let mut paths = self.paths;
+        paths.extend(other.paths);
+        Self {
+            router: self.router.merge(other.router),
+            paths,
+        }
+    }
+
+    /// The paths routed so far.
+    pub fn paths(&self) -> &[&'static str] {
+        &self.paths
+    }
+
+    /// The router and its paths.
+    pub fn into_parts(self) -> (Router<S>, Vec<&'static str>) {
+        (self.router, self.paths)
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One listener's router and what surrounds it (see the module docs). Cloning is cheap.
+#[derive(Clone)]
+pub struct ListenerService(Arc<Inner>);
+
+struct Inner {
+    router: Router,
+    observe: Observe,
+    listener: &'static str,
+    routes: Vec<&'static str>,
+    shed: Option<Shed>,
+}
+
+impl ListenerService {
+    /// `router` (whose routes are exactly `routes`, the metric's route templates: see
+    /// [`Routes`]) on the listener called `listener`, shedding by `shed` if given.
+    pub fn new(
+        router: Router,
+        routes: Vec<&'static str>,
+        observe: Observe,
+        listener: &'static str,
+        shed: Option<Shed>,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            router,
+            observe,
+            listener,
+            routes,
+            shed,
+        }))
+    }
+
+    /// Whether the access log wants the peer's address (`--log-client-ip`), as a
+    /// `ConnectInfo<SocketAddr>` request extension; without it the connection loop adds none.
+    pub fn wants_client_address(&self) -> bool {
+        self.0.observe.log_client_ip
+    }
+
+    /// Answers `request`.
+    pub fn handle<B>(&self, request: axum::http::Request<B>) -> ResponseFuture
+    where
+        B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let inner = Arc::clone(&self.0);
+        Box::pin(async move { inner.handle(request.map(Body::new)).await })
+    }
+}
+
+impl Inner {
+    async fn handle(&self, request: Request) -> Response {
+        let started = Instant::now();
+        let path = request.uri().path();
+        let route = self.routes.iter().copied().find(|r| *r == path);
+        // Read before the request moves on; kept only if the operator asked for it.
+        let client_ip = self
+            .observe
+            .log_client_ip
+            .then(|| {
+                request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip())
+            })
+            .flatten();
+        let slot = match (&self.shed, route) {
+            (Some(shed), Some(route)) if shed.routes.contains(&route) => {
+                match Arc::clone(&shed.slots).try_acquire_owned() {
+                    Ok(slot) => Some(slot),
+                    Err(_) => {
+                        let shed = ApiError::Overloaded {
+                            retry_after: RETRY_AFTER_SECS,
+                        };
+                        return self.finish(shed.into_response(), route, started, client_ip);
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut router = self.router.clone();
+        let response = match catch_unwind(AssertUnwindSafe(|| router.call(request))) {
+            Ok(future) => CatchPanic(std::pin::pin!(future)).await,
+            Err(payload) => super::panic_response(payload),
+        };
+        drop(slot);
+        self.finish(response, route.unwrap_or("unmatched"), started, client_ip)
+    }
+
+    /// Marks, counts, times and logs an answer.
+    fn finish(
+        &self,
+        mut response: Response,
+        route: &str,
+        started: Instant,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Response {
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let status = response.status();
+        let labels = [self.listener, route, status.as_str()];
+        let metrics = &self.observe.metrics;
+        metrics.http_requests.with_label_values(&labels).inc();
+        metrics
+            .http_duration
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        let batch = response.extensions().get::<BatchSize>().map_or(0, |b| b.0);
+        crate::safe_debug!(
+            "request",
+            listener = self.listener,
+            route = crate::log_safe::RouteTemplate(route),
+            status = status,
+            micros = started.elapsed().as_micros() as u64,
+            batch = batch,
+            client = crate::log_safe::ClientNetwork(client_ip),
+        );
+        response
+    }
+}
+
+/// The router's answer, or the fixed 500 of [`super::panic_response`] if polling it panics.
+/// The panic payload is dropped unread, so nothing it might contain reaches the client.
+struct CatchPanic<F>(F);
+
+impl<F> Future for CatchPanic<Pin<&mut F>>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Response;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        let inner = self.0.as_mut();
+        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(Ok(response))) => Poll::Ready(response),
+            Ok(Poll::Ready(Err(never))) => match never {},
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(super::panic_response(payload)),
+        }
+    }
+}
+
+/// As a tower service (benchmarks and tests drive routers with `oneshot`).
+impl<B> Service<axum::http::Request<B>> for ListenerService
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Infallibly;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Infallibly {
+        Infallibly(self.handle(request))
+    }
+}
+
+/// A [`ResponseFuture`] as a tower service's future.
+pub struct Infallibly(ResponseFuture);
+
+impl Future for Infallibly {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx).map(Ok)
+    }
+}
