@@ -1,5 +1,6 @@
 //! Reading request bodies into zeroizing buffers, with the size limit enforced before parsing.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -130,11 +131,15 @@ fn min_rate_deadline(
     Some(started + RATE_GRACE + earned)
 }
 
-/// The request's media type without parameters, lower-cased.
-pub fn media_type(headers: &HeaderMap) -> Option<String> {
+/// The request's media type without parameters, lower-cased (copied only if it was not).
+pub fn media_type(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let essence = value.split(';').next()?.trim().to_ascii_lowercase();
-    Some(essence)
+    let essence = value.split(';').next()?.trim();
+    Some(if essence.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(essence.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(essence)
+    })
 }
 
 #[cfg(test)]
