@@ -426,7 +426,7 @@ pub fn public_router(state: &AppState) -> ListenerService {
     let state = state.public.clone();
     let shed = Routes::new()
         .route("/v1/epoch", get(public::get_epoch))
-        .route("/v1/discover", post(public::discover));
+        .post_direct("/v1/discover", public::discover);
     let slots = Arc::clone(&state.in_flight);
     with_common_routes(shed, state, "public", Some(slots))
 }
@@ -469,15 +469,13 @@ where
         slots,
         routes: routes.paths().to_vec(),
     });
-    let (router, paths) = routes
+    let (router, table) = routes
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
-        .into_parts();
-    let router = router
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
-        .with_state(state.clone());
-    ListenerService::new(router, paths, Observe::from_ref(&state), listener, shed)
+        .finish(state.clone());
+    ListenerService::new(router, table, Observe::from_ref(&state), listener, shed)
 }
 
 /// Completes on SIGTERM or Ctrl-C.
