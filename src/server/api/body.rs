@@ -40,10 +40,10 @@ impl From<BodyRefused> for ApiError {
 }
 
 /// Reads the whole body at `pace`, refusing it as soon as it exceeds `limit` bytes (or
-/// declares more in `Content-Length`). The buffer never reallocates without wiping the old copy,
+/// `declared`, its `Content-Length` (see [`declared_length`]), says more). The buffer never reallocates without wiping the old copy,
 /// and every chunk hyper hands over is wiped once copied when nothing else holds it.
 pub async fn read_limited(
-    headers: &HeaderMap,
+    declared: Option<usize>,
     body: Body,
     limit: usize,
     pace: BodyPace,
@@ -53,7 +53,7 @@ pub async fn read_limited(
     let mut received = 0;
     let read = tokio::time::timeout(
         pace.timeout,
-        read_all(headers, body, limit, pace.min_bytes_per_sec, &mut received),
+        read_all(declared, body, limit, pace.min_bytes_per_sec, &mut received),
     )
     .await;
     let timeout = pace.timeout;
@@ -64,13 +64,12 @@ pub async fn read_limited(
 }
 
 async fn read_all(
-    headers: &HeaderMap,
+    declared: Option<usize>,
     body: Body,
     limit: usize,
     min_bytes_per_sec: u64,
     received: &mut usize,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let declared = declared_length(headers);
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::BodyTooLarge { limit });
     }

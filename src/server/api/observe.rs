@@ -15,7 +15,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -26,6 +26,7 @@ use axum::handler::Handler;
 use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
+use prometheus::{Histogram, IntCounter};
 use tokio::sync::Semaphore;
 use tower::Service;
 
@@ -192,6 +193,21 @@ struct Inner {
     listener: &'static str,
     routes: RouteTable,
     shed: Option<Shed>,
+    /// Per route (then `unmatched`) and status of [`STATUSES`]: the request counter and latency
+    /// histogram of that label set, looked up once (on its first request, when the series would
+    /// appear anyway) instead of hashing three labels twice per request.
+    series: Vec<[OnceLock<Series>; STATUSES.len()]>,
+}
+
+/// The statuses the API answers with (others are looked up per request).
+const STATUSES: [u16; 16] = [
+    200, 202, 400, 401, 403, 404, 405, 408, 410, 413, 415, 422, 429, 431, 500, 503,
+];
+
+/// One label set's request counter and latency histogram.
+struct Series {
+    requests: IntCounter,
+    duration: Histogram,
 }
 
 impl ListenerService {
@@ -204,12 +220,16 @@ impl ListenerService {
         listener: &'static str,
         shed: Option<Shed>,
     ) -> Self {
+        let series = (0..=routes.paths.len())
+            .map(|_| std::array::from_fn(|_| OnceLock::new()))
+            .collect();
         Self(Arc::new(Inner {
             router,
             observe,
             listener,
             routes,
             shed,
+            series,
         }))
     }
 
@@ -234,7 +254,7 @@ impl Inner {
     async fn handle(&self, request: Request) -> Response {
         let started = Instant::now();
         let path = request.uri().path();
-        let route = self.routes.paths.iter().copied().find(|r| *r == path);
+        let route = self.routes.paths.iter().position(|r| *r == path);
         let direct = match request.method() {
             &Method::POST => self.routes.direct.iter().find(|(p, _)| *p == path),
             _ => None,
@@ -251,14 +271,14 @@ impl Inner {
             })
             .flatten();
         let slot = match (&self.shed, route) {
-            (Some(shed), Some(route)) if shed.routes.contains(&route) => {
+            (Some(shed), Some(route)) if shed.routes.contains(&self.routes.paths[route]) => {
                 match Arc::clone(&shed.slots).try_acquire_owned() {
                     Ok(slot) => Some(slot),
                     Err(_) => {
                         let shed = ApiError::Overloaded {
                             retry_after: RETRY_AFTER_SECS,
                         };
-                        return self.finish(shed.into_response(), route, started, client_ip);
+                        return self.finish(shed.into_response(), Some(route), started, client_ip);
                     }
                 }
             }
@@ -286,14 +306,15 @@ impl Inner {
             }
         };
         drop(slot);
-        self.finish(response, route.unwrap_or("unmatched"), started, client_ip)
+        self.finish(response, route, started, client_ip)
     }
 
-    /// Marks, counts, times and logs an answer.
+    /// Marks, counts, times and logs an answer to a request for the route at `route` in the
+    /// route table (`None`: unmatched).
     fn finish(
         &self,
         mut response: Response,
-        route: &str,
+        route: Option<usize>,
         started: Instant,
         client_ip: Option<std::net::IpAddr>,
     ) -> Response {
@@ -301,20 +322,37 @@ impl Inner {
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         let status = response.status();
-        let labels = [self.listener, route, status.as_str()];
-        let metrics = &self.observe.metrics;
-        metrics.http_requests.with_label_values(&labels).inc();
-        metrics
-            .http_duration
-            .with_label_values(&labels)
-            .observe(started.elapsed().as_secs_f64());
+        let template = route.map_or("unmatched", |route| self.routes.paths[route]);
+        let elapsed = started.elapsed();
+        let series = || {
+            let labels = [self.listener, template, status.as_str()];
+            let metrics = &self.observe.metrics;
+            Series {
+                requests: metrics.http_requests.with_label_values(&labels),
+                duration: metrics.http_duration.with_label_values(&labels),
+            }
+        };
+        let known = STATUSES.iter().position(|s| *s == status.as_u16());
+        let route_series = self.series.get(route.unwrap_or(self.routes.paths.len()));
+        match (route_series, known) {
+            (Some(by_status), Some(known)) => {
+                let series = by_status[known].get_or_init(series);
+                series.requests.inc();
+                series.duration.observe(elapsed.as_secs_f64());
+            }
+            _ => {
+                let series = series();
+                series.requests.inc();
+                series.duration.observe(elapsed.as_secs_f64());
+            }
+        }
         let batch = response.extensions().get::<BatchSize>().map_or(0, |b| b.0);
         crate::safe_debug!(
             "request",
             listener = self.listener,
-            route = crate::log_safe::RouteTemplate(route),
+            route = crate::log_safe::RouteTemplate(template),
             status = status,
-            micros = started.elapsed().as_micros() as u64,
+            micros = elapsed.as_micros() as u64,
             batch = batch,
             client = crate::log_safe::ClientNetwork(client_ip),
         );

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
@@ -59,8 +59,7 @@ pub async fn discover(
     };
     charge(&state, user, up_front).await?;
     let format = format.map_err(ApiError::from)?;
-    let (request, raw) =
-        read_request(&state, user, headers, body, format, declared, up_front).await?;
+    let (request, raw) = read_request(&state, user, body, format, declared, up_front).await?;
     drop(raw); // wiped now: only the decoded, zeroizing fingerprints remain
     #[cfg(feature = "test-hooks")]
     test_hooks::maybe_panic(headers, &request);
@@ -101,14 +100,13 @@ pub async fn discover(
 async fn read_request(
     state: &PublicState,
     user: &UserId,
-    headers: &HeaderMap,
     body: Body,
     format: Format,
     declared: Option<usize>,
     paid: usize,
 ) -> Result<(DiscoverRequest, Zeroizing<Vec<u8>>), ApiError> {
     let limit = format.body_limit(state.max_batch);
-    let raw = match read_limited(headers, body, limit, state.body_pace).await {
+    let raw = match read_limited(declared, body, limit, state.body_pace).await {
         Ok(raw) => raw,
         // Refused on its head alone, never read: the minimum charged up front is its cost.
         Err(refused) if declared.is_some_and(|len| len > limit) => return Err(refused.error),
