@@ -101,6 +101,13 @@ macro_rules! safe_error {
     ($($t:tt)*) => { $crate::safe_event!(error, $($t)*) };
 }
 
+/// Whether debug events can be logged at all now (the global level filter): a caller may skip
+/// gathering what only a debug event would carry.
+pub fn debug_enabled() -> bool {
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    tracing::Level::DEBUG <= STATIC_MAX_LEVEL && tracing::Level::DEBUG <= LevelFilter::current()
+}
+
 /// `debug` with log-safe fields only.
 #[macro_export]
 macro_rules! safe_debug {

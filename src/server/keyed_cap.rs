@@ -64,11 +64,12 @@ impl<K: Hash + Eq + Clone> Drop for KeyedSlot<K> {
     fn drop(&mut self) {
         let Some(open) = &self.open else { return };
         let mut open = open.lock();
-        if let Some(count) = open.get_mut(&self.key) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.key);
+        // One lookup: the key is hashed again only in the rare case that its count stays.
+        match open.remove(&self.key) {
+            Some(count) if count > 1 => {
+                open.insert(self.key.clone(), count - 1);
             }
+            _ => {}
         }
     }
 }

@@ -7,12 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::extract::FromRef;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
-use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::clock::Clock;
 use crate::domain::secret::{self, KeyFileError};
@@ -20,11 +18,12 @@ use crate::domain::{CredentialKey, ServerSecret};
 use crate::metrics::Metrics;
 use crate::server::api::body::BodyPace;
 use crate::server::api::caller::CredentialCheck;
+use crate::server::api::observe::Routes;
 use crate::server::api::overload::UserInFlight;
 use crate::server::api::state::{Admin, Public};
 use crate::server::api::{
-    self, AdminState, AppState, Authenticator, Listener, Observe, PublicState, Readiness,
-    SharedState, admin, overload, public,
+    self, AdminState, AppState, Authenticator, ListenerService, Observe, PublicState, Readiness,
+    SharedState, Shed, admin, public,
 };
 use crate::server::config::{Settings, Token};
 use crate::server::connection::{self, ConnectionLimits, CutCounter};
@@ -420,52 +419,60 @@ fn authenticator(settings: &Settings, keys: &Keys) -> Authenticator {
 /// the router holds only the public listener's state. Epoch and discovery requests beyond the
 /// in-flight cap are shed with 503; health checks are not, so an overloaded replica is not
 /// mistaken for a dead one.
-pub fn public_router(state: &AppState) -> Router {
+pub fn public_router(state: &AppState) -> ListenerService {
     let state = state.public.clone();
-    let shed = Router::new()
+    let shed = Routes::new()
         .route("/v1/epoch", get(public::get_epoch))
-        .route("/v1/discover", post(public::discover))
-        .route_layer(from_fn_with_state(state.clone(), overload::shed_load));
-    with_common_routes(shed, state, "public")
+        .post_direct("/v1/discover", public::discover);
+    let slots = Arc::clone(&state.in_flight);
+    with_common_routes(shed, state, "public", Some(slots))
 }
 
 /// The admin routes: registrations and stats behind the admin token; metrics behind the
 /// metrics token (or the admin token).
-pub fn admin_router(state: &AppState) -> Router {
+pub fn admin_router(state: &AppState) -> ListenerService {
     let state = state.admin.clone();
-    let protected = Router::new()
+    let protected = Routes::new()
         .route("/admin/v1/registrations", post(admin::change_registrations))
         .route("/admin/v1/stats", get(admin::stats))
-        .route_layer(from_fn_with_state(state.clone(), admin::require_token));
-    let metrics = Router::new()
+        .map_router(|r| r.route_layer(from_fn_with_state(state.clone(), admin::require_token)));
+    let metrics = Routes::new()
         .route("/metrics", get(admin::metrics))
-        .route_layer(from_fn_with_state(
-            state.clone(),
-            admin::require_metrics_token,
-        ));
+        .map_router(|r| {
+            r.route_layer(from_fn_with_state(
+                state.clone(),
+                admin::require_metrics_token,
+            ))
+        });
     let routes = protected.merge(metrics);
-    with_common_routes(routes, state, "admin")
+    with_common_routes(routes, state, "admin", None)
 }
 
-/// What both listeners have: health routes, JSON 404/405, panics caught into a fixed 500, and
-/// the metrics and access-log middleware outermost (so it sees every answer, panics included).
-fn with_common_routes<S>(routes: Router<S>, state: S, listener: &'static str) -> Router
+/// What both listeners have: health routes, JSON 404/405, and around the router (outermost, so
+/// it sees every answer, panics included) load shedding of `routes` by `shed` when given, panics
+/// caught into a fixed 500, `no-store`, metrics and the access log ([`ListenerService`]).
+fn with_common_routes<S>(
+    routes: Routes<S>,
+    state: S,
+    listener: &'static str,
+    shed: Option<Arc<tokio::sync::Semaphore>>,
+) -> ListenerService
 where
     S: Clone + Send + Sync + 'static,
     Observe: FromRef<S>,
     Readiness: FromRef<S>,
 {
-    routes
+    let shed = shed.map(|slots| Shed {
+        slots,
+        routes: routes.paths().to_vec(),
+    });
+    let (router, table) = routes
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
-        .layer(CatchPanicLayer::custom(api::panic_response))
-        .layer(from_fn_with_state(
-            (Observe::from_ref(&state), Listener(listener)),
-            api::observe,
-        ))
-        .with_state(state)
+        .finish(state.clone());
+    ListenerService::new(router, table, Observe::from_ref(&state), listener, shed)
 }
 
 /// Completes on SIGTERM or Ctrl-C.

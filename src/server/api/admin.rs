@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::{Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde_json::json;
 
-use super::body::{media_type, read_limited};
+use super::body::{declared_length, media_type, read_limited};
 use super::error::{InvalidNumber, Problems};
 use super::{AdminState, ApiError};
 use crate::domain::E164;
@@ -191,7 +191,13 @@ pub async fn change_registrations(
             expected: "application/json",
         });
     }
-    let raw = read_limited(&headers, body, ADMIN_BODY_LIMIT, state.body_pace).await?;
+    let raw = read_limited(
+        declared_length(&headers),
+        body,
+        ADMIN_BODY_LIMIT,
+        state.body_pace,
+    )
+    .await?;
     let request: ChangeRequest = serde_json::from_slice(&raw).map_err(|err| {
         ApiError::MalformedBody(format!(
             "expected {{\"add\": [E.164...], \"remove\": [...], \"hide\": [...]}} (line {}, column {})",

@@ -1,5 +1,6 @@
 //! Reading request bodies into zeroizing buffers, with the size limit enforced before parsing.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -39,10 +40,10 @@ impl From<BodyRefused> for ApiError {
 }
 
 /// Reads the whole body at `pace`, refusing it as soon as it exceeds `limit` bytes (or
-/// declares more in `Content-Length`). The buffer never reallocates without wiping the old copy,
+/// `declared`, its `Content-Length` (see [`declared_length`]), says more). The buffer never reallocates without wiping the old copy,
 /// and every chunk hyper hands over is wiped once copied when nothing else holds it.
 pub async fn read_limited(
-    headers: &HeaderMap,
+    declared: Option<usize>,
     body: Body,
     limit: usize,
     pace: BodyPace,
@@ -52,7 +53,7 @@ pub async fn read_limited(
     let mut received = 0;
     let read = tokio::time::timeout(
         pace.timeout,
-        read_all(headers, body, limit, pace.min_bytes_per_sec, &mut received),
+        read_all(declared, body, limit, pace.min_bytes_per_sec, &mut received),
     )
     .await;
     let timeout = pace.timeout;
@@ -63,13 +64,12 @@ pub async fn read_limited(
 }
 
 async fn read_all(
-    headers: &HeaderMap,
+    declared: Option<usize>,
     body: Body,
     limit: usize,
     min_bytes_per_sec: u64,
     received: &mut usize,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let declared = declared_length(headers);
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::BodyTooLarge { limit });
     }
@@ -130,11 +130,15 @@ fn min_rate_deadline(
     Some(started + RATE_GRACE + earned)
 }
 
-/// The request's media type without parameters, lower-cased.
-pub fn media_type(headers: &HeaderMap) -> Option<String> {
+/// The request's media type without parameters, lower-cased (copied only if it was not).
+pub fn media_type(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let essence = value.split(';').next()?.trim().to_ascii_lowercase();
-    Some(essence)
+    let essence = value.split(';').next()?.trim();
+    Some(if essence.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(essence.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(essence)
+    })
 }
 
 #[cfg(test)]

@@ -1,35 +1,14 @@
 //! Load shedding: a fixed number of public requests may be in flight; one more is answered
-//! `503 overloaded` with `Retry-After` at once instead of waiting in an unbounded queue. Within
-//! that, one user may have only a few in flight (`429 user_in_flight`).
+//! `503 overloaded` with `Retry-After` at once instead of waiting in an unbounded queue (taken in
+//! [`super::observe`], around the router). Within that, one user may have only a few in flight
+//! (`429 user_in_flight`).
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-
-use super::{ApiError, PublicState};
+use super::ApiError;
 use crate::domain::UserId;
 use crate::server::keyed_cap::{KeyedCap, KeyedSlot};
 
 /// Seconds a shed client is told to wait before retrying.
 pub const RETRY_AFTER_SECS: u64 = 1;
-
-/// Runs the request if an in-flight slot is free, holding it until the handler has answered;
-/// otherwise sheds it. Never waits for a slot.
-pub async fn shed_load(State(state): State<PublicState>, request: Request, next: Next) -> Response {
-    match Arc::clone(&state.in_flight).try_acquire_owned() {
-        Ok(slot) => {
-            let response = next.run(request).await;
-            drop(slot);
-            response
-        }
-        Err(_) => ApiError::Overloaded {
-            retry_after: RETRY_AFTER_SECS,
-        }
-        .into_response(),
-    }
-}
 
 /// Requests in flight per user, so one credential cannot hold every in-flight slot (for
 /// example with bodies it never sends). Keyed by the credential's user id only.

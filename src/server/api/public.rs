@@ -2,8 +2,8 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
@@ -45,23 +45,24 @@ pub async fn get_epoch(State(state): State<PublicState>) -> Json<EpochInfo> {
 pub async fn discover(
     State(state): State<PublicState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    // The request whole rather than a `HeaderMap` extractor, which would clone the headers.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let user = &caller.user;
-    let format = Format::from_media_type(media_type(&headers).as_deref());
-    let declared = declared_length(&headers);
+    let format = Format::from_media_type(media_type(headers).as_deref());
+    let declared = declared_length(headers);
     let up_front = match &format {
         Ok(format) => up_front_cost(*format, declared, state.max_batch),
         Err(_) => 1,
     };
     charge(&state, user, up_front).await?;
     let format = format.map_err(ApiError::from)?;
-    let (request, raw) =
-        read_request(&state, user, &headers, body, format, declared, up_front).await?;
+    let (request, raw) = read_request(&state, user, body, format, declared, up_front).await?;
     drop(raw); // wiped now: only the decoded, zeroizing fingerprints remain
     #[cfg(feature = "test-hooks")]
-    test_hooks::maybe_panic(&headers, &request);
+    test_hooks::maybe_panic(headers, &request);
 
     let now = state.clock.now_secs();
     let index = state
@@ -88,7 +89,9 @@ pub async fn discover(
     // The body owns the zeroizing buffer, so it is wiped once hyper has written it.
     let body = Body::from(Bytes::from_owner(encoded));
     let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
-    response.extensions_mut().insert(super::BatchSize(n));
+    if crate::log_safe::debug_enabled() {
+        response.extensions_mut().insert(super::BatchSize(n));
+    }
     Ok(response)
 }
 
@@ -97,14 +100,13 @@ pub async fn discover(
 async fn read_request(
     state: &PublicState,
     user: &UserId,
-    headers: &HeaderMap,
     body: Body,
     format: Format,
     declared: Option<usize>,
     paid: usize,
 ) -> Result<(DiscoverRequest, Zeroizing<Vec<u8>>), ApiError> {
     let limit = format.body_limit(state.max_batch);
-    let raw = match read_limited(headers, body, limit, state.body_pace).await {
+    let raw = match read_limited(declared, body, limit, state.body_pace).await {
         Ok(raw) => raw,
         // Refused on its head alone, never read: the minimum charged up front is its cost.
         Err(refused) if declared.is_some_and(|len| len > limit) => return Err(refused.error),

@@ -112,7 +112,10 @@ impl Limiter {
         }
         match self {
             Limiter::Local(local) => local.check(user, n),
-            Limiter::Shared { shared, fallback } => shared.check(user, n, fallback).await,
+            // Boxed: the Redis round trip's future is kilobytes, and inline it would make every
+            // caller's future (every request's, allocated and wiped on free) that much larger,
+            // whichever limiter runs.
+            Limiter::Shared { shared, fallback } => Box::pin(shared.check(user, n, fallback)).await,
         }
     }
 
