@@ -263,23 +263,19 @@ fn replay(bytes: &[u8], path: &Path, mut apply: impl FnMut(&[Op])) -> (usize, u6
 }
 
 /// Replays `registry.log.prev` if it exists, handing every good record's operations to `apply`
-/// in order; a torn or corrupt tail is reported and left as it is (nothing is appended to this
-/// file). Returns what it replayed, or `None` without the file.
+/// in order, and returns how many records it held (`None` without the file). A torn or corrupt
+/// tail is reported and left as it is: nothing is ever appended to this file.
 pub(super) fn replay_prev(
     dir: &Path,
     apply: impl FnMut(&[Op]),
-) -> Result<Option<Replayed>, RegistryError> {
+) -> Result<Option<u64>, RegistryError> {
     let path = dir.join(PREV_LOG_FILE);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(io_at(&path)(err)),
     };
-    let (good, records) = replay(&bytes, &path, apply);
-    Ok(Some(Replayed {
-        records,
-        truncated_bytes: (bytes.len() - good) as u64,
-    }))
+    Ok(Some(replay(&bytes, &path, apply).1))
 }
 
 fn create_empty(dir: &Path, name: &str) -> Result<(), RegistryError> {

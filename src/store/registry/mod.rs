@@ -215,10 +215,10 @@ impl Registry {
         } else {
             State::default()
         };
-        if let Some(prev) = log::replay_prev(dir, |ops| {
+        if let Some(records) = log::replay_prev(dir, |ops| {
             state.apply(ops);
         })? {
-            report.prev_log_records = prev.records;
+            report.prev_log_records = records;
         }
         let (log, replayed) = Log::open(dir, |ops| {
             state.apply(ops);
@@ -978,6 +978,21 @@ mod tests {
             assert_eq!(report.log_records, 0);
             assert_eq!(reg.get(number(200)), Some(Visibility::Discoverable));
             assert_eq!(reg.entries().len(), want.len() + 1);
+        }
+    }
+
+    /// A previous log that cannot be read is refused (its records might be in no snapshot),
+    /// naming the file.
+    #[test]
+    fn an_unreadable_previous_log_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join(PREV_LOG_FILE)).unwrap();
+        match Registry::open(dir.path()) {
+            Err(err @ RegistryError::Io { .. }) => {
+                assert!(err.to_string().contains(PREV_LOG_FILE), "{err}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("opened with an unreadable registry.log.prev"),
         }
     }
 
