@@ -981,6 +981,47 @@ mod tests {
         }
     }
 
+    /// An import replaces what the log and a previous log say about its numbers: both are
+    /// emptied once the new snapshot is in place, so a reopen does not replay older changes
+    /// over it.
+    #[test]
+    fn an_import_is_not_undone_by_replaying_older_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (reg, _) = Registry::open(dir.path()).unwrap();
+            reg.apply(&[Op::Hide(number(1)), Op::Add(number(2))])
+                .unwrap();
+            // A compaction that stopped after its rotation leaves registry.log.prev behind.
+            reg.crash_compaction_at(Some(CrashPoint::Rotated));
+            reg.compact().unwrap();
+            reg.crash_compaction_at(None);
+            reg.apply(&[Op::Remove(number(3))]).unwrap();
+            reg.wait_for_maintenance();
+        }
+        {
+            let (reg, _) = Registry::open(dir.path()).unwrap();
+            reg.import(&[
+                (number(1), Visibility::Discoverable),
+                (number(3), Visibility::Hidden),
+            ])
+            .unwrap();
+            assert_eq!(
+                registry_files(dir.path()),
+                vec!["registry.lock", "registry.log", "registry.snap"]
+            );
+        }
+        let (reg, report) = Registry::open(dir.path()).unwrap();
+        assert_eq!((report.prev_log_records, report.log_records), (0, 0));
+        assert_eq!(
+            reg.entries(),
+            vec![
+                (number(1), Visibility::Discoverable),
+                (number(2), Visibility::Discoverable),
+                (number(3), Visibility::Hidden),
+            ]
+        );
+    }
+
     /// A previous log that cannot be read is refused (its records might be in no snapshot),
     /// naming the file.
     #[test]
