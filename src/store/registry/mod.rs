@@ -352,7 +352,9 @@ impl Registry {
         let shared = &*self.shared;
         let _one = shared.maintenance.lock();
         // A rotated log left over is first captured by a snapshot; then the log is rotated.
-        while !shared.compact(true)? {}
+        if !shared.compact(true)? {
+            shared.compact(true)?;
+        }
         Ok(())
     }
 
