@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use common::{ADMIN_TOKEN, BIN, Server, export, start_server};
+use common::{ADMIN_TOKEN, BIN, Server, export, start_server, start_server_with_env};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -144,7 +144,37 @@ fn exported_states(data_dir: &Path) -> std::collections::HashMap<String, Reg> {
 /// whole or not at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_changes_survive_kill_9() {
-    const CYCLES: u64 = 100;
+    crash_torture("crash torture", 100, 60, &[]).await;
+}
+
+/// The same with the log compacted every 256 bytes (a few requests; test builds only: the
+/// threshold comes from `CONTACT_DISCOVERY_TEST_COMPACT_BYTES`) and kills up to 250 ms in, so
+/// that kills land while the log is rotated, the snapshot written on the background thread and
+/// `registry.log.prev` deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
+async fn acknowledged_changes_survive_kill_9_during_compactions() {
+    let dir = crash_torture(
+        "crash torture with compactions",
+        40,
+        250,
+        &[("CONTACT_DISCOVERY_TEST_COMPACT_BYTES", "256")],
+    )
+    .await;
+    assert!(
+        dir.path().join("registry.snap").exists(),
+        "the log was compacted into a snapshot"
+    );
+}
+
+/// Runs `cycles` kill -9 cycles, each killing the server up to `kill_within_ms` after its start,
+/// with `env` set for the server; returns its data directory.
+async fn crash_torture(
+    label: &str,
+    cycles: u64,
+    kill_within_ms: u64,
+    env: &[(&str, &str)],
+) -> tempfile::TempDir {
     const WRITERS: u64 = 4;
     const POOL: u64 = 16;
     let dir = tempfile::tempdir().unwrap();
@@ -162,8 +192,10 @@ async fn acknowledged_changes_survive_kill_9() {
         .collect();
     let (mut acked_total, mut doubt_applied, mut doubt_dropped) = (0u64, 0u64, 0u64);
     let started = std::time::Instant::now();
-    for cycle in 0..CYCLES {
-        let server = start_server(dir.path(), &[]);
+    // Kills that left a rotated log behind (a compaction not finished).
+    let mut killed_mid_compaction = 0u64;
+    for cycle in 0..cycles {
+        let server = start_server_with_env(dir.path(), &[], env);
         let writers: Vec<_> = known
             .iter()
             .enumerate()
@@ -176,9 +208,10 @@ async fn acknowledged_changes_survive_kill_9() {
                 ))
             })
             .collect();
-        let kill_after = Duration::from_millis(rand::rng().random_range(0..60));
+        let kill_after = Duration::from_millis(rand::rng().random_range(0..kill_within_ms));
         tokio::time::sleep(kill_after).await;
         server.kill9();
+        killed_mid_compaction += u64::from(dir.path().join("registry.log.prev").exists());
         let present = exported_states(dir.path());
         for (w, writer) in writers.into_iter().enumerate() {
             let (state, acked, doubt) = writer.await.unwrap();
@@ -219,15 +252,17 @@ async fn acknowledged_changes_survive_kill_9() {
         }
     }
     eprintln!(
-        "crash torture: {CYCLES} kill -9 cycles, {WRITERS} concurrent writers, {acked_total} \
+        "{label}: {cycles} kill -9 cycles, {WRITERS} concurrent writers, {acked_total} \
          acknowledged requests all present, in-flight at kill: {doubt_applied} applied whole, \
-         {doubt_dropped} not applied, 0 half-applied, {:.1} s",
+         {doubt_dropped} not applied, 0 half-applied, {killed_mid_compaction} kills left \
+         registry.log.prev, {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(
-        acked_total > CYCLES,
+        acked_total > cycles,
         "the writers got acknowledgements ({acked_total})"
     );
+    dir
 }
 
 /// A log tail with garbage appended, or with a flipped byte in its last record, is detected on

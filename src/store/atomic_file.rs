@@ -53,7 +53,7 @@ pub(crate) fn write_atomically(
 }
 
 /// Makes a rename in `dir` durable: without it the new name may not survive a crash.
-fn sync_dir(dir: &Path) -> Result<(), AtomicWriteError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), AtomicWriteError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(at(dir))
 }
 

@@ -1,14 +1,21 @@
 //! The write-ahead log (`registry.log`): `magic "CDLOG001"` then checksummed records
 //! (`record.rs`), one per change. A record is appended and fsync'd before its change is applied
 //! in memory; on open the log is replayed and a torn or corrupt tail is cut off.
+//!
+//! Compaction rotates the log ([`Log::rotate`]): the full log becomes `registry.log.prev` and
+//! appends go on in a fresh `registry.log`, so the snapshot can be written without holding up
+//! appends; once the snapshot holds everything `registry.log.prev` holds, it is deleted
+//! ([`Log::remove_prev`]). On open, `registry.log.prev` (if present) is replayed before
+//! `registry.log` ([`replay_prev`]). Why replaying it is always right is in the registry's
+//! module documentation.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::record::{LOG_MAGIC, Op, decode_record, encode_record};
-use super::{LOG_FILE, RegistryError};
-use crate::store::atomic_file::write_atomically;
+use super::{LOG_FILE, NEW_LOG_FILE, PREV_LOG_FILE, RegistryError};
+use crate::store::atomic_file::{sync_dir, write_atomically};
 
 /// What replaying the log found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,6 +31,8 @@ pub(super) struct Log {
     path: PathBuf,
     file: File,
     len: u64,
+    /// Whether `registry.log.prev` exists (a rotated log whose snapshot is not yet written).
+    has_prev: bool,
     /// Set when a failed append could not be rolled back: the file's end is unknown.
     poisoned: bool,
 }
@@ -37,7 +46,7 @@ impl Log {
     ) -> Result<(Self, Replayed), RegistryError> {
         let path = dir.join(LOG_FILE);
         if !path.exists() {
-            create_empty(dir)?;
+            create_empty(dir, LOG_FILE)?;
         }
         let io = io_at(&path);
         let mut file = OpenOptions::new()
@@ -48,10 +57,12 @@ impl Log {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io_at(&path))?;
         let (good, records) = replay(&bytes, &path, apply);
+        let has_prev = dir.join(PREV_LOG_FILE).exists();
         let mut log = Self {
             path,
             file,
             len: 0,
+            has_prev,
             poisoned: false,
         };
         let truncated_bytes = (bytes.len() - good) as u64;
@@ -131,9 +142,10 @@ impl Log {
         self.len
     }
 
-    /// Replaces the log with an empty one (after a snapshot captured everything in it).
+    /// Replaces the log with an empty one and deletes `registry.log.prev` (after a snapshot
+    /// captured everything in both).
     pub(super) fn reset(&mut self, dir: &Path) -> Result<(), RegistryError> {
-        create_empty(dir)?;
+        create_empty(dir, LOG_FILE)?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -142,6 +154,74 @@ impl Log {
         file.seek(SeekFrom::End(0)).map_err(io_at(&self.path))?;
         self.file = file;
         self.len = LOG_MAGIC.len() as u64;
+        self.remove_prev(dir)?;
+        sync_dir(dir)?;
+        Ok(())
+    }
+
+    /// Whether `registry.log.prev` exists.
+    pub(super) fn has_prev(&self) -> bool {
+        self.has_prev
+    }
+
+    /// Makes an empty log file to rotate to (`registry.log.new`), fsync'd. Call it before taking
+    /// the lock that orders appends: it costs two fsyncs that appends need not wait for.
+    pub(super) fn prepare_rotation(dir: &Path) -> Result<(), RegistryError> {
+        create_empty(dir, NEW_LOG_FILE)
+    }
+
+    /// Makes the log `registry.log.prev` and continues in the empty `registry.log.new` (from
+    /// [`Log::prepare_rotation`]) as `registry.log`. Refused while `registry.log.prev` exists.
+    ///
+    /// The log is first linked as `registry.log.prev`, then the new file renamed over
+    /// `registry.log`, then the directory fsync'd: at every moment, and after a crash at any
+    /// point, the file appends go to is `registry.log`, and every record is in
+    /// `registry.log.prev`, `registry.log` or both (replayed twice then, which is harmless).
+    pub(super) fn rotate(&mut self, dir: &Path) -> Result<(), RegistryError> {
+        self.check_writable()?;
+        let prev = dir.join(PREV_LOG_FILE);
+        let new = dir.join(NEW_LOG_FILE);
+        if self.has_prev {
+            return Err(RegistryError::Io {
+                path: prev,
+                source: io::Error::from(io::ErrorKind::AlreadyExists),
+            });
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&new)
+            .map_err(io_at(&new))?;
+        file.seek(SeekFrom::End(0)).map_err(io_at(&new))?;
+        fs::hard_link(&self.path, &prev).map_err(io_at(&prev))?;
+        if let Err(source) = fs::rename(&new, &self.path) {
+            // Back to one name for the log; if even that fails, `registry.log.prev` is the log
+            // too, and replaying it twice is harmless.
+            let _ = fs::remove_file(&prev).map(|()| sync_dir(dir));
+            self.has_prev = prev.exists();
+            return Err(RegistryError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        self.has_prev = true;
+        // Appends go to the new file from here on; the rename must be durable before the first
+        // of them is acknowledged.
+        self.file = file;
+        self.len = LOG_MAGIC.len() as u64;
+        sync_dir(dir)?;
+        Ok(())
+    }
+
+    /// Deletes `registry.log.prev`, once a snapshot holds everything in it. The directory is not
+    /// fsync'd here: should the file come back after a crash, replaying it is harmless.
+    pub(super) fn remove_prev(&mut self, dir: &Path) -> Result<(), RegistryError> {
+        let prev = dir.join(PREV_LOG_FILE);
+        match fs::remove_file(&prev) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(io_at(&prev)(err)),
+            _ => {}
+        }
+        self.has_prev = false;
         Ok(())
     }
 
@@ -182,8 +262,24 @@ fn replay(bytes: &[u8], path: &Path, mut apply: impl FnMut(&[Op])) -> (usize, u6
     (good, records)
 }
 
-fn create_empty(dir: &Path) -> Result<(), RegistryError> {
-    write_atomically(dir, LOG_FILE, |out| out.write_all(LOG_MAGIC))?;
+/// Replays `registry.log.prev` if it exists, handing every good record's operations to `apply`
+/// in order, and returns how many records it held (`None` without the file). A torn or corrupt
+/// tail is reported and left as it is: nothing is ever appended to this file.
+pub(super) fn replay_prev(
+    dir: &Path,
+    apply: impl FnMut(&[Op]),
+) -> Result<Option<u64>, RegistryError> {
+    let path = dir.join(PREV_LOG_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(io_at(&path)(err)),
+    };
+    Ok(Some(replay(&bytes, &path, apply).1))
+}
+
+fn create_empty(dir: &Path, name: &str) -> Result<(), RegistryError> {
+    write_atomically(dir, name, |out| out.write_all(LOG_MAGIC))?;
     Ok(())
 }
 

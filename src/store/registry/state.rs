@@ -50,15 +50,70 @@ impl Counts {
 /// `base` holds raw snapshot entries (the number, with `HIDDEN_BIT` set when hidden) sorted
 /// ascending, so the discoverable numbers form its prefix and the hidden ones follow; a snapshot
 /// loads straight into it and the index builder reads the prefix without copying. Changes since
-/// the last fold live in the small `overlay` and are merged into `base` in place (one linear
-/// pass) before an index build, on compaction, and when the overlay grows past a threshold. A
-/// `HashMap<E164, Visibility>` would cost about 4× the memory.
+/// the last fold live in the small `overlay`. A fold merges them into `base` in place, in two
+/// linear passes (drop the entries they replace, then merge their new entries from the back)
+/// done in bounded steps ([`State::fold_step`]): between two steps `base` is two sorted runs with
+/// a gap between them, the frozen overlay answers for every number it holds, and changes keep
+/// landing in a fresh `overlay`; so a fold of a 100 M-number registry never holds a lock for
+/// more than one step. A `HashMap<E164, Visibility>` would cost about 4× the memory.
+///
+/// Memory: the overlay is a `BTreeMap` of about 40 B per changed number (a sorted vector of
+/// 16 B while it is being folded). It holds the distinct numbers changed since the last fold
+/// started, which is at most the fold threshold (`FOLD_OVERLAY_AT`) plus what arrives during
+/// one fold and while a build or a snapshot write holds `base` (no fold then: it would copy
+/// `base`): rate × (fold time + longest hold). At 5,000 changes/s and a 30 s hold that is
+/// 262,144 + 150,000 numbers ≈ 17 MB, plus the frozen one being folded (≈ 4 MB).
 #[derive(Clone, Default)]
 pub(super) struct State {
     base: Arc<Vec<u64>>,
     /// Number → its new raw entry, or `None` if removed, for changes not yet folded.
     overlay: BTreeMap<u64, Option<u64>>,
+    /// The fold in progress, if any: older than `overlay`, newer than `base`.
+    folding: Option<Fold>,
     counts: Counts,
+}
+
+/// A fold in progress: the overlay it merges, frozen, and how far it got.
+#[derive(Clone)]
+struct Fold {
+    /// (number, its raw entry or [`REMOVED`]), sorted by number.
+    frozen: Vec<(u64, u64)>,
+    phase: Phase,
+}
+
+/// In a frozen overlay: the number is not registered. Never an entry (0 is no E.164 number).
+const REMOVED: u64 = 0;
+
+#[derive(Clone)]
+enum Phase {
+    /// Forward pass dropping every entry of a frozen number: `base[..write]` is done,
+    /// `base[read..]` untouched, `base[write..read]` a gap. `key` walks `frozen` alongside;
+    /// `hidden` says the walk reached the hidden entries (whose numbers start over).
+    Drop {
+        read: usize,
+        write: usize,
+        key: usize,
+        hidden: bool,
+    },
+    /// Backward merge of the frozen entries (`added`, sorted; `added[..next]` still to place):
+    /// `base[..read]` untouched, `base[write..]` merged, `base[read..write]` a gap.
+    Merge {
+        added: Vec<u64>,
+        next: usize,
+        read: usize,
+        write: usize,
+    },
+}
+
+/// What one [`State::fold_step`] left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FoldProgress {
+    /// No fold in progress: `base` holds every change up to the last [`State::freeze`].
+    Done,
+    /// More steps to go.
+    More,
+    /// `base` is shared (a build or a snapshot write holds it) and copying was not allowed.
+    Blocked,
 }
 
 impl State {
@@ -73,6 +128,7 @@ impl State {
         Self {
             base,
             overlay: BTreeMap::new(),
+            folding: None,
             counts: Counts {
                 discoverable,
                 hidden,
@@ -80,16 +136,64 @@ impl State {
         }
     }
 
-    /// Every entry, folded first, shared rather than copied (what a snapshot writes).
+    /// Every entry as of the last [`State::freeze`], shared rather than copied, once no fold
+    /// is in progress (what a snapshot writes).
+    pub(super) fn folded_snapshot(&self) -> Option<Snapshot> {
+        self.folding
+            .is_none()
+            .then(|| Snapshot::from_sorted(Arc::clone(&self.base)))
+    }
+
+    /// The discoverable numbers as of the last [`State::freeze`], shared rather than copied,
+    /// once no fold is in progress.
+    pub(super) fn folded_discoverable(&self) -> Option<DiscoverableNumbers> {
+        self.folding.is_none().then(|| DiscoverableNumbers {
+            base: Arc::clone(&self.base),
+            len: discoverable_len(&self.base),
+        })
+    }
+
+    /// Every entry, folded first (copying `base` if it is shared), shared rather than copied.
     pub(super) fn snapshot(&mut self) -> Snapshot {
         self.fold();
         Snapshot::from_sorted(Arc::clone(&self.base))
     }
 
     pub(super) fn get(&self, number: E164) -> Option<Visibility> {
-        match self.overlay.get(&number.get()) {
-            Some(entry) => entry.map(visibility_of),
-            None => base_position(&self.base, number.get()).map(|at| visibility_of(self.base[at])),
+        self.entry(number.get()).map(visibility_of)
+    }
+
+    /// The raw entry of `number`: the newest change to it, else its entry in `base`.
+    fn entry(&self, number: u64) -> Option<u64> {
+        if let Some(entry) = self.overlay.get(&number) {
+            return *entry;
+        }
+        if let Some(fold) = &self.folding
+            && let Ok(at) = fold.frozen.binary_search_by_key(&number, |(n, _)| *n)
+        {
+            let entry = fold.frozen[at].1;
+            return (entry != REMOVED).then_some(entry);
+        }
+        let (low, high) = self.base_runs();
+        base_position(low, number)
+            .map(|at| low[at])
+            .or_else(|| base_position(high, number).map(|at| high[at]))
+    }
+
+    /// `base` as two sorted runs (the second empty when no fold is in progress); a fold's gap
+    /// lies between them. Right for every number the frozen overlay does not hold.
+    fn base_runs(&self) -> (&[u64], &[u64]) {
+        let base = &self.base[..];
+        match &self.folding {
+            None => (base, &[]),
+            Some(Fold {
+                phase: Phase::Drop { read, write, .. },
+                ..
+            }) => (&base[..*write], &base[*read..]),
+            Some(Fold {
+                phase: Phase::Merge { read, write, .. },
+                ..
+            }) => (&base[..*read], &base[*write..]),
         }
     }
 
@@ -103,7 +207,7 @@ impl State {
         Arc::strong_count(&self.base) > 1
     }
 
-    /// Changes applied but not yet folded into the sorted vector.
+    /// Changes applied and not yet being folded.
     pub(super) fn pending(&self) -> usize {
         self.overlay.len()
     }
@@ -144,18 +248,128 @@ impl State {
             .collect()
     }
 
-    /// Merges the overlay into `base` in place: O(len + changes · log len). Copies `base` only
-    /// if an index build still holds it (`Arc::make_mut`).
+    /// Merges every change into `base` now, in place: O(len + changes). Copies `base` only if
+    /// an index build still holds it (`Arc::make_mut`).
     pub(super) fn fold(&mut self) {
+        self.freeze();
+        while self.fold_step(usize::MAX, true) == FoldProgress::More {}
+    }
+
+    /// Starts folding every change made so far (a fold still in progress is finished first, at
+    /// once); changes made from now on go to a fresh overlay. O(changes), no pass over `base`:
+    /// the steps do that ([`State::fold_step`]). Once they are done, `base` is the state at
+    /// this call.
+    pub(super) fn freeze(&mut self) {
+        while self.fold_step(usize::MAX, true) == FoldProgress::More {}
         if self.overlay.is_empty() {
             return;
         }
-        let base = Arc::make_mut(&mut self.base);
-        remove_numbers(base, self.overlay.keys().copied());
-        let mut added: Vec<u64> = self.overlay.values().flatten().copied().collect();
-        self.overlay.clear();
-        added.sort_unstable();
-        merge_sorted(base, &added);
+        let frozen: Vec<(u64, u64)> = std::mem::take(&mut self.overlay)
+            .into_iter()
+            .map(|(number, entry)| (number, entry.unwrap_or(REMOVED)))
+            .collect();
+        self.folding = Some(Fold {
+            frozen,
+            phase: Phase::Drop {
+                read: 0,
+                write: 0,
+                key: 0,
+                hidden: false,
+            },
+        });
+    }
+
+    /// Moves at most about `budget` entries of the fold in progress. With `copy_if_shared`
+    /// false it never copies `base`: it reports [`FoldProgress::Blocked`] instead while a build
+    /// holds it.
+    pub(super) fn fold_step(&mut self, budget: usize, copy_if_shared: bool) -> FoldProgress {
+        let Some(fold) = self.folding.as_mut() else {
+            return FoldProgress::Done;
+        };
+        let base = if copy_if_shared {
+            Arc::make_mut(&mut self.base)
+        } else {
+            match Arc::get_mut(&mut self.base) {
+                Some(base) => base,
+                None => return FoldProgress::Blocked,
+            }
+        };
+        match &mut fold.phase {
+            Phase::Drop {
+                read,
+                write,
+                key,
+                hidden,
+            } => {
+                let end = read.saturating_add(budget).min(base.len());
+                let frozen = &fold.frozen;
+                while *read < end {
+                    let entry = base[*read];
+                    if entry & HIDDEN_BIT != 0 && !*hidden {
+                        // The hidden entries' numbers start over from the smallest.
+                        *hidden = true;
+                        *key = 0;
+                    }
+                    let number = entry & !HIDDEN_BIT;
+                    while *key < frozen.len() && frozen[*key].0 < number {
+                        *key += 1;
+                    }
+                    if frozen.get(*key).is_none_or(|(n, _)| *n != number) {
+                        base[*write] = entry;
+                        *write += 1;
+                    }
+                    *read += 1;
+                }
+                if *read == base.len() {
+                    base.truncate(*write);
+                    let mut added: Vec<u64> = frozen
+                        .iter()
+                        .map(|(_, entry)| *entry)
+                        .filter(|entry| *entry != REMOVED)
+                        .collect();
+                    added.sort_unstable();
+                    let read = base.len();
+                    if base.capacity() < read + added.len() {
+                        // Reallocating copies `base` (the allocator wipes and frees the old
+                        // block): keep slack so that this is rare (see `slack_for`).
+                        base.reserve_exact(added.len() + slack_for(read));
+                    }
+                    base.resize(read + added.len(), 0);
+                    fold.phase = Phase::Merge {
+                        next: added.len(),
+                        added,
+                        read,
+                        write: base.len(),
+                    };
+                }
+                FoldProgress::More
+            }
+            Phase::Merge {
+                added,
+                next,
+                read,
+                write,
+            } => {
+                let mut left = budget;
+                while *next > 0 && left > 0 {
+                    *write -= 1;
+                    if *read > 0 && base[*read - 1] > added[*next - 1] {
+                        base[*write] = base[*read - 1];
+                        *read -= 1;
+                    } else {
+                        base[*write] = added[*next - 1];
+                        *next -= 1;
+                    }
+                    left -= 1;
+                }
+                if *next == 0 {
+                    self.folding = None;
+                    FoldProgress::Done
+                } else {
+                    FoldProgress::More
+                }
+            }
+        }
     }
 
     /// Sets many numbers at once (bulk import), the last entry for a number winning; linear
@@ -183,27 +397,24 @@ impl State {
         merge_sorted(base, &added);
         *self = Self::from_shared(Arc::new(std::mem::take(base)));
     }
+}
 
-    /// The discoverable numbers, folded first, shared rather than copied.
-    pub(super) fn discoverable_numbers(&mut self) -> DiscoverableNumbers {
-        self.fold();
-        DiscoverableNumbers {
-            base: Arc::clone(&self.base),
-            len: discoverable_len(&self.base),
-        }
-    }
+/// Every registration in a folded `base`, sorted by number.
+pub(super) fn entries_of(base: &[u64]) -> Vec<(E164, Visibility)> {
+    let mut all: Vec<_> = base
+        .iter()
+        .filter_map(|e| Some((E164::from_u64(e & !HIDDEN_BIT).ok()?, visibility_of(*e))))
+        .collect();
+    all.sort_unstable_by_key(|(n, _)| *n);
+    all
+}
 
-    /// Every registration, sorted by number.
-    pub(super) fn entries(&mut self) -> Vec<(E164, Visibility)> {
-        self.fold();
-        let mut all: Vec<_> = self
-            .base
-            .iter()
-            .filter_map(|e| Some((E164::from_u64(e & !HIDDEN_BIT).ok()?, visibility_of(*e))))
-            .collect();
-        all.sort_unstable_by_key(|(n, _)| *n);
-        all
-    }
+/// Room for growth a sorted vector of `len` entries keeps (1/32, at least 4,096 entries): a
+/// fold that adds more than the spare capacity reallocates, and a reallocation copies the whole
+/// vector (a second one alive meanwhile). Spare capacity costs address space, not memory, until
+/// it is written.
+pub(super) fn slack_for(len: usize) -> usize {
+    (len / 32).max(4096)
 }
 
 /// Removes every entry (either visibility) of `numbers` from a sorted vector. Positions are
@@ -227,6 +438,9 @@ fn merge_sorted(base: &mut Vec<u64>, added: &[u64]) {
         return;
     }
     let (mut i, mut j) = (base.len(), added.len());
+    if base.capacity() < i + j {
+        base.reserve_exact(j + slack_for(i + j));
+    }
     base.resize(i + j, 0);
     let mut w = base.len();
     while j > 0 {
@@ -304,16 +518,20 @@ mod tests {
     }
 
     proptest! {
-        /// The compact state (sorted vector + overlay, folded at random moments) answers
-        /// exactly like a map applied with the same operations.
+        /// The compact state (sorted vector + overlay, folded at random moments, at once or a
+        /// few entries per step with changes landing between the steps) answers exactly like
+        /// a map applied with the same operations, and a fold's result is the state at the
+        /// moment it was started.
         #[test]
         fn state_agrees_with_a_map(
-            ops in proptest::collection::vec((0u8..3, 0u8..40, any::<bool>()), 0..200),
+            ops in proptest::collection::vec((0u8..3, 0u8..40, 0u8..5), 0..200),
         ) {
             let mut state = State::default();
             let mut model: HashMap<E164, Visibility> = HashMap::new();
             // What a live index holds when it only ever follows the reported transitions.
             let mut followed: std::collections::HashSet<E164> = Default::default();
+            // The model at the start of the fold in progress, if any.
+            let mut frozen: Vec<HashMap<E164, Visibility>> = Vec::new();
             for (kind, i, fold) in ops {
                 let n = number(i);
                 let op = match kind { 0 => Op::Add(n), 1 => Op::Hide(n), _ => Op::Remove(n) };
@@ -330,10 +548,37 @@ mod tests {
                     Op::Hide(n) => { model.insert(n, Visibility::Hidden); }
                     Op::Remove(n) => { model.remove(&n); }
                 }
-                if fold {
-                    state.fold();
-                    prop_assert!(state.overlay.is_empty());
-                    prop_assert!(state.base.windows(2).all(|w| w[0] < w[1]));
+                match fold {
+                    1 => {
+                        // A fold in progress is finished first, at once.
+                        frozen.clear();
+                        let frozen_at = model.clone();
+                        state.freeze();
+                        if state.folding.is_some() {
+                            frozen.push(frozen_at);
+                        }
+                    }
+                    2 | 3 => {
+                        let budget = if fold == 2 { 3 } else { 17 };
+                        if state.fold_step(budget, false) == FoldProgress::Done
+                            && let Some(at) = frozen.pop()
+                        {
+                            let mut want: Vec<u64> = at
+                                .iter()
+                                .map(|(n, v)| entry_of(*n, *v))
+                                .collect();
+                            want.sort_unstable();
+                            prop_assert_eq!(&state.base[..], &want[..], "the state at the freeze");
+                        }
+                    }
+                    4 => {
+                        state.fold();
+                        frozen.clear();
+                        prop_assert!(state.overlay.is_empty());
+                        prop_assert!(state.folding.is_none());
+                        prop_assert!(state.base.windows(2).all(|w| w[0] < w[1]));
+                    }
+                    _ => {}
                 }
                 for i in 0..40 {
                     prop_assert_eq!(state.get(number(i)), model.get(&number(i)).copied());
@@ -383,6 +628,26 @@ mod tests {
             }
         );
         assert!(state.base.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_fold_in_steps_never_copies_a_shared_vector() {
+        let mut state = State::default();
+        state.apply(&[Op::Add(number(1)), Op::Hide(number(2))]);
+        state.fold();
+        let held = Arc::clone(&state.base);
+        state.apply(&[Op::Remove(number(1)), Op::Add(number(3))]);
+        state.freeze();
+        assert_eq!(state.fold_step(1, false), FoldProgress::Blocked);
+        assert!(Arc::ptr_eq(&held, &state.base));
+        assert_eq!(state.get(number(1)), None);
+        drop(held);
+        while state.fold_step(1, false) == FoldProgress::More {}
+        assert_eq!(
+            state.base[..],
+            [number(3).get(), number(2).get() | HIDDEN_BIT]
+        );
+        assert!(state.folded_discoverable().is_some());
     }
 
     #[test]
