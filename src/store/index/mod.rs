@@ -442,6 +442,34 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_index_takes_changes_as_set_operations_and_an_exact_one_as_steps() {
+        let secret = ServerSecret::from_bytes([5; 32]);
+        let numbers = generate::numbers(3, 9);
+        let index = MatchIndex::build(Epoch(2), &secret.salt(Epoch(2)), &numbers[..1]);
+        let fp = |i: usize| Fingerprint::compute(&secret.salt(Epoch(2)), numbers[i]);
+        let change = |i: usize, discoverable: bool, base: ChangeBase| {
+            let change = Discoverability {
+                number: numbers[i],
+                discoverable,
+            };
+            index.apply(&secret, &[change], base);
+        };
+        // Built before a bulk replace, the index may be told of a number it holds already.
+        change(0, true, ChangeBase::Stale);
+        assert_eq!(index.len(), 1, "not held twice");
+        change(0, false, ChangeBase::Stale);
+        assert!(!index.contains(fp(0)), "one removal clears it");
+        change(1, true, ChangeBase::Stale);
+        assert!(index.contains(fp(1)), "a new number is added");
+        // Exact changes are real steps: nothing is looked up before an insert.
+        change(2, true, ChangeBase::Exact);
+        change(2, true, ChangeBase::Exact);
+        assert_eq!(index.len(), 3);
+        change(2, false, ChangeBase::Exact);
+        assert!(index.contains(fp(2)), "the second copy is still there");
+    }
+
+    #[test]
     fn removal_clears_the_copy_on_the_keys_own_path() {
         // Two keys with one tag in one bucket: the second overflowed (the bucket was full), so
         // removing it must clear its own copy further on, not the first key's.
