@@ -47,6 +47,12 @@ pub trait EpochArtefact: Send + Sync + Sized + 'static {
     fn entries(&self) -> usize;
     /// Heap bytes it holds (for stats).
     fn heap_bytes(&self) -> usize;
+    /// Whether the changes since its build have worn it enough that a fresh build of the same
+    /// epoch would answer noticeably faster; the rotator then builds one in the background and
+    /// swaps it in, the way it builds a new epoch (changes stay visible at once throughout).
+    fn worn(&self) -> bool {
+        false
+    }
 }
 
 /// How the changes given to an artefact relate to what it holds.
@@ -250,20 +256,24 @@ impl<A> LiveIndexes<A> {
     fn retain(&self, wanted: &[Epoch]) {
         self.live.write().retain(|e, _| wanted.contains(e));
     }
+}
 
-    /// The wanted epochs with no artefact, or one built before the last bulk replace.
+impl<A: EpochArtefact> LiveIndexes<A> {
+    /// The wanted epochs with no artefact, one built before the last bulk replace, or one
+    /// [worn](EpochArtefact::worn) by changes.
     fn missing(&self, wanted: &[Epoch]) -> Vec<Epoch> {
         let generation = self.changes.lock().generation;
         let live = self.live.read();
         wanted
             .iter()
             .copied()
-            .filter(|e| live.get(e).is_none_or(|l| l.generation < generation))
+            .filter(|e| {
+                live.get(e)
+                    .is_none_or(|l| l.generation < generation || l.index.worn())
+            })
             .collect()
     }
-}
 
-impl<A: EpochArtefact> LiveIndexes<A> {
     /// Starts a journal for a build of `epoch`. Call it at the point the build reads the
     /// registry (inside [`Registry::discoverable_numbers_with`]), so the journal holds exactly
     /// the changes the build's view lacks.
@@ -551,6 +561,44 @@ mod tests {
                 Some(EpochRefusal::Unavailable { current: Epoch(10) })
             );
         }
+    }
+
+    #[tokio::test]
+    async fn an_index_worn_by_inserts_is_rebuilt_and_keeps_every_change() {
+        use crate::domain::Fingerprint;
+        use crate::store::registry::Op;
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, _) = Registry::open(dir.path()).unwrap();
+        let registry = Arc::new(registry);
+        let secret = ServerSecret::from_bytes([9; 32]);
+        let p = policy(100, 0);
+        let indexes = Arc::new(LiveIndexes::<MatchIndex>::new(p, secret.clone()));
+        let clock = Clock::manual(1_010);
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let rotator = Rotator::new(Arc::clone(&indexes), Arc::clone(&registry), clock, metrics);
+        rotator.step().await;
+        let first = indexes.snapshot()[0].1.clone();
+        // Built empty: one bucket and no overflow table, so inserts past its twelve slots go to
+        // the spill until the index counts as worn.
+        let numbers = crate::tools::generate::numbers(200, 4);
+        let ops: Vec<Op> = numbers.iter().map(|n| Op::Add(*n)).collect();
+        registry.apply(&ops).unwrap();
+        assert!(first.index.worn() && first.index.spilled() > 64);
+        rotator.step().await;
+        let rebuilt = indexes.snapshot()[0].1.clone();
+        assert!(!Arc::ptr_eq(&first.index, &rebuilt.index), "swapped");
+        assert!(!rebuilt.index.worn());
+        assert_eq!(rebuilt.index.spilled(), 0);
+        assert!(rebuilt.built_at > first.built_at);
+        let salt = secret.salt(Epoch(10));
+        assert!(
+            numbers
+                .iter()
+                .all(|n| rebuilt.index.contains(Fingerprint::compute(&salt, *n)))
+        );
+        // A fresh index is left alone.
+        rotator.step().await;
+        assert!(Arc::ptr_eq(&rebuilt.index, &indexes.snapshot()[0].1.index));
     }
 
     mod follows_the_registry {

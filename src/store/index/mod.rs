@@ -50,6 +50,8 @@ const LOAD: f64 = 7.5;
 const MAX_TABLES: usize = 6;
 /// How far ahead of the fingerprint being checked a batched lookup prefetches.
 pub const PREFETCH_AHEAD: usize = 16;
+/// Spilled keys an index holds at most before it counts as worn, however small it is.
+const WORN_SPILL_MIN: usize = 64;
 /// Numbers fingerprinted per build step: bounds the temporary key buffer (8 bytes each).
 const BUILD_SEGMENT: usize = 1 << 22;
 
@@ -61,6 +63,8 @@ pub struct MatchIndex {
     /// Keys that overflowed the last table, whole (normally empty; grows only when inserts
     /// outgrow the tables between two builds).
     spill: RwLock<HashSet<u64>>,
+    /// Keys the build itself put in the spill (normally none): only what changes add wears it.
+    built_spill: usize,
     len: AtomicUsize,
 }
 
@@ -91,6 +95,15 @@ impl EpochArtefact for MatchIndex {
 
     fn heap_bytes(&self) -> usize {
         MatchIndex::heap_bytes(self)
+    }
+
+    /// Worn once changes put more than one key in 1,024 (and more than 64) in the spill:
+    /// inserts have then outgrown the overflow tables sized at the build, and lookups in the
+    /// buckets that overflowed since pay extra cache misses (+90 % at 100 M after 10 %
+    /// growth). What the build itself spilled does not count, so a fresh index is never worn.
+    fn worn(&self) -> bool {
+        let added = self.spilled().saturating_sub(self.built_spill);
+        added > WORN_SPILL_MIN && added > self.len() / 1_024
     }
 }
 
@@ -161,6 +174,7 @@ impl MatchIndex {
         Self {
             epoch,
             tables,
+            built_spill: spill.len(),
             spill: RwLock::new(spill.into_iter().collect()),
             len: AtomicUsize::new(len),
         }
