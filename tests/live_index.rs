@@ -127,6 +127,15 @@ async fn a_change_is_discoverable_at_once_across_builds_and_a_boundary_under_loa
         }));
     }
 
+    // One admin change of one number; its status.
+    let change = |list: &'static str, number: &str| {
+        let request = http
+            .post(format!("http://{}/admin/v1/registrations", server.admin))
+            .bearer_auth(common::ADMIN_TOKEN)
+            .json(&serde_json::json!({ list: [number] }));
+        async move { request.send().await.unwrap().status() }
+    };
+
     // Changes, each asked for straight after its answer.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
     let mut model: HashMap<usize, Want> = HashMap::new();
@@ -140,14 +149,7 @@ async fn a_change_is_discoverable_at_once_across_builds_and_a_boundary_under_loa
             2 => ("hide", Want::Hidden),
             _ => ("remove", Want::Absent),
         };
-        let response = http
-            .post(format!("http://{}/admin/v1/registrations", server.admin))
-            .bearer_auth(common::ADMIN_TOKEN)
-            .json(&serde_json::json!({ list: [number] }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        assert_eq!(change(list, &number).await, 200);
         model.insert(i, want);
         changes += 1;
         let (found, _) = changer.discover(&[churn[i]]).await.unwrap();
@@ -176,14 +178,7 @@ async fn a_change_is_discoverable_at_once_across_builds_and_a_boundary_under_loa
     let past = Instant::now();
     while past.elapsed() < Duration::from_secs(3) {
         let i = rng.random_range(0..churn.len());
-        let response = http
-            .post(format!("http://{}/admin/v1/registrations", server.admin))
-            .bearer_auth(common::ADMIN_TOKEN)
-            .json(&serde_json::json!({ "add": [format!("+{}", churn[i].get())] }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        assert_eq!(change("add", &format!("+{}", churn[i].get())).await, 200);
         model.insert(i, Want::Discoverable);
         assert!(changer.discover(&[churn[i]]).await.unwrap().0[0]);
     }

@@ -747,32 +747,32 @@ fn loadgen_changes_become_visible_and_are_reported() {
         "4000000000",
     ]);
     let server = common::start(command);
-    let out = Command::new(BIN)
-        .args(["loadgen", "--server"])
-        .arg(format!("http://{}", server.public))
-        .arg("--admin-server")
-        .arg(format!("http://{}", server.admin))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--registry-size",
-            "300",
-            "--pool",
-            "300",
-            "--rate",
-            "50",
-            "--duration",
-            "2s",
-            "--batch",
-            "20",
-            "--users",
-            "5",
-            "--change-rate",
-            "50",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    // loadgen against this server and registry, with `extra` flags, as JSON.
+    let loadgen = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["loadgen", "--server"])
+            .arg(format!("http://{}", server.public))
+            .arg("--admin-server")
+            .arg(format!("http://{}", server.admin))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--registry-size", "300", "--pool", "300", "--json"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = loadgen(&[
+        "--rate",
+        "50",
+        "--duration",
+        "2s",
+        "--batch",
+        "20",
+        "--users",
+        "5",
+        "--change-rate",
+        "50",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -808,24 +808,7 @@ fn loadgen_changes_become_visible_and_are_reported() {
     assert_eq!(j["errors"], 0, "{j}");
 
     // Without --change-rate the report has no changes.
-    let out = Command::new(BIN)
-        .args(["loadgen", "--server"])
-        .arg(format!("http://{}", server.public))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--registry-size",
-            "300",
-            "--pool",
-            "300",
-            "--rate",
-            "20",
-            "--duration",
-            "200ms",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let out = loadgen(&["--rate", "20", "--duration", "200ms"]);
     assert!(out.status.success());
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(j["changes"].is_null(), "{j}");
