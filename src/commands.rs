@@ -224,14 +224,13 @@ pub async fn discover(
     args: &DiscoverArgs,
 ) -> Result<crate::client::report::DiscoveryReport, CommandError> {
     use crate::client::addressbook::read_file_with_phone_columns;
-    use crate::client::normalise::{Normaliser, normalise_book};
+    use crate::client::normalise::normalise_book;
     use crate::client::report::DiscoveryReport;
     use crate::client::{Client, ClientConfig};
 
     let contacts = read_file_with_phone_columns(&args.contacts, &args.phone_columns)
         .map_err(|e| CommandError::Refused(e.to_string()))?;
-    let normaliser = Normaliser::new(args.region.as_deref())
-        .map_err(|e| CommandError::Refused(format!("--region: {e}")))?;
+    let normaliser = normaliser_for(args.region.as_deref())?;
     let book = normalise_book(&contacts, &normaliser);
     let mut config = ClientConfig::new(args.server.clone(), args.credential.clone());
     config.format = args.format;
@@ -242,6 +241,38 @@ pub async fn discover(
         .await
         .map_err(|e| CommandError::Refused(e.to_string()))?;
     Ok(DiscoveryReport::new(&contacts, &book, &registered))
+}
+
+/// The normaliser `discover` reads national numbers with: `--region` if given, else the
+/// locale's region (as phones do), else international forms only. Says on stderr which region
+/// it uses and where it came from; a locale region the metadata does not know is ignored with
+/// a warning rather than refused (the user did not ask for it).
+fn normaliser_for(
+    region: Option<&str>,
+) -> Result<crate::client::normalise::Normaliser, CommandError> {
+    use crate::client::normalise::{Normaliser, region_from_locale};
+    if let Some(region) = region {
+        let normaliser = Normaliser::new(Some(region))
+            .map_err(|e| CommandError::Refused(format!("--region: {e}")))?;
+        eprintln!(
+            "national numbers read as {} (--region)",
+            region.to_ascii_uppercase()
+        );
+        return Ok(normaliser);
+    }
+    if let Some((code, from)) = region_from_locale(|name| std::env::var(name).ok()) {
+        match Normaliser::new(Some(&code)) {
+            Ok(normaliser) => {
+                eprintln!("national numbers read as {code} (from {from}; --region overrides)");
+                return Ok(normaliser);
+            }
+            Err(e) => eprintln!("warning: the locale's region {code} (from {from}): {e}"),
+        }
+    }
+    eprintln!(
+        "no region (--region or a locale such as LANG=de_DE.UTF-8): national numbers are unreadable"
+    );
+    Normaliser::new(None).map_err(|e| CommandError::Refused(e.to_string()))
 }
 
 /// `discover` from the command line: runs it on a fresh runtime and prints text or JSON.

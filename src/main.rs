@@ -103,7 +103,8 @@ enum Command {
         /// A CSV column that holds phone numbers, besides the known ones (any case; repeatable).
         #[arg(long = "phone-column", value_name = "NAME")]
         phone_columns: Vec<String>,
-        /// Region for numbers written in national form, e.g. DE or US.
+        /// Region for numbers written in national form, e.g. DE or US [default: the locale's,
+        /// from LC_ALL, LC_TELEPHONE or LANG, e.g. de_DE.UTF-8 → DE].
         #[arg(long)]
         region: Option<String>,
         /// Print machine-readable JSON.

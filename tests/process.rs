@@ -655,6 +655,34 @@ async fn discover_cli_finds_the_registered_example_contacts() {
     assert!(last.contains(&format!("{} registered", expected)), "{last}");
     assert!(last.contains("1 unparseable"), "{last}");
 
+    // Without --region the locale's region is used, as phones do, and the run says so.
+    let by_locale = |lang: &str| {
+        Command::new(BIN)
+            .args(["discover", "--server", &format!("http://{}", server.public)])
+            .args(["--credential", &token, "--json", "--contacts"])
+            .arg(&book_path)
+            .env_remove("LC_ALL")
+            .env_remove("LC_TELEPHONE")
+            .env("LANG", lang)
+            .output()
+            .unwrap()
+    };
+    let german = by_locale("de_DE.UTF-8");
+    assert!(german.status.success());
+    let said = String::from_utf8_lossy(&german.stderr);
+    assert!(said.contains("read as DE (from LANG"), "{said}");
+    let report: serde_json::Value = serde_json::from_slice(&german.stdout).unwrap();
+    assert_eq!(report["summary"]["registered"], expected);
+    assert_eq!(report["summary"]["unparseable"], book.unparseable().len());
+    let no_region = by_locale("C.UTF-8");
+    let said = String::from_utf8_lossy(&no_region.stderr);
+    assert!(said.contains("no region"), "{said}");
+    let report: serde_json::Value = serde_json::from_slice(&no_region.stdout).unwrap();
+    assert!(
+        report["summary"]["unparseable"].as_u64().unwrap() > book.unparseable().len() as u64,
+        "national numbers are unreadable without a region: {report}"
+    );
+
     // A sheet with a phone column of its own name: refused with a hint, read with the hint.
     let sheet = book_path.with_file_name("sheet.csv");
     std::fs::write(&sheet, "Who,Handy\nAnna,+4915112345678\n").unwrap();

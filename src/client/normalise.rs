@@ -45,6 +45,20 @@ pub struct Normaliser {
     default_region: Option<Id>,
 }
 
+/// The region the environment's locale names, the way phones take their default region from
+/// theirs: the first of `LC_ALL`, `LC_TELEPHONE`, `LANG` that is set and not empty (POSIX's
+/// precedence), read as `language_TERRITORY[.codeset][@modifier]` (`de_DE.UTF-8` → `DE`). `None`
+/// when that locale names no territory (`C`, `POSIX`, `C.UTF-8`, `en`), without looking further.
+/// Returns the code and the variable it came from; `var` reads a variable (`std::env::var`).
+pub fn region_from_locale(var: impl Fn(&str) -> Option<String>) -> Option<(String, &'static str)> {
+    let (name, value) = ["LC_ALL", "LC_TELEPHONE", "LANG"]
+        .into_iter()
+        .find_map(|name| var(name).filter(|v| !v.is_empty()).map(|v| (name, v)))?;
+    let territory = value.split(['.', '@']).next()?.split_once('_')?.1;
+    (territory.len() == 2 && territory.bytes().all(|b| b.is_ascii_alphabetic()))
+        .then(|| (territory.to_ascii_uppercase(), name))
+}
+
 impl Normaliser {
     /// A normaliser for national forms in `default_region` (ISO 3166 code, any case), or for
     /// international forms only when `None`.
@@ -355,6 +369,53 @@ pub fn normalise_book(contacts: &[Contact], normaliser: &Normaliser) -> Normalis
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_locale_names_the_default_region_in_posix_order() {
+        fn region(pairs: &[(&str, &str)]) -> Option<(String, &'static str)> {
+            region_from_locale(|name| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*v).to_owned())
+            })
+        }
+        assert_eq!(
+            region(&[("LANG", "de_DE.UTF-8")]),
+            Some(("DE".into(), "LANG"))
+        );
+        assert_eq!(region(&[("LANG", "pt_br")]), Some(("BR".into(), "LANG")));
+        assert_eq!(
+            region(&[("LANG", "sr_RS@latin")]),
+            Some(("RS".into(), "LANG"))
+        );
+        assert_eq!(
+            region(&[("LANG", "de_DE.UTF-8"), ("LC_TELEPHONE", "fr_FR.UTF-8")]),
+            Some(("FR".into(), "LC_TELEPHONE"))
+        );
+        assert_eq!(
+            region(&[
+                ("LC_ALL", "en_GB"),
+                ("LC_TELEPHONE", "fr_FR"),
+                ("LANG", "de_DE")
+            ]),
+            Some(("GB".into(), "LC_ALL"))
+        );
+        // An empty variable counts as unset; a locale without a territory ends the search.
+        assert_eq!(
+            region(&[("LC_ALL", ""), ("LANG", "it_IT.UTF-8")]),
+            Some(("IT".into(), "LANG"))
+        );
+        assert_eq!(region(&[("LC_ALL", "C"), ("LANG", "de_DE.UTF-8")]), None);
+        for locale in ["C", "POSIX", "C.UTF-8", "en", "de_DEU", "de_1A", "_"] {
+            assert_eq!(
+                region(&[("LANG", locale)]).as_ref().map(|r| r.1),
+                None,
+                "{locale}"
+            );
+        }
+        assert_eq!(region(&[]), None);
+    }
     use proptest::prelude::*;
 
     fn with(region: Option<&str>) -> Normaliser {
