@@ -340,6 +340,45 @@ async fn sigterm_shuts_down_cleanly() {
     assert_eq!(export(dir.path()), vec!["+4915112345678".to_owned()]);
 }
 
+/// `loadgen --anonymous` runs against a server started with `--insecure-no-auth` from a
+/// directory without a credential key; without the flag it says what to do.
+#[test]
+fn loadgen_runs_anonymously_against_an_insecure_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), &["--insecure-no-auth"]);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let loadgen = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["loadgen", "--server"])
+            .arg(format!("http://{}", server.public))
+            .arg("--data-dir")
+            .arg(elsewhere.path())
+            .args(["--registry-size", "100", "--pool", "100", "--rate", "20"])
+            .args(["--duration", "500ms", "--batch", "5", "--json"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = loadgen(&[]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("--anonymous"), "{said}");
+    let out = loadgen(&["--anonymous"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["scheduled"], 10, "{report}");
+    assert_eq!(report["statuses"]["200"], 10, "{report}");
+    assert!(
+        !elsewhere.path().join("credential.key").exists(),
+        "no key was made or needed"
+    );
+    server.kill9();
+}
+
 /// SIGTERM while a request is in flight: the server stops accepting new connections, finishes
 /// the request (200, with the right answer), flushes and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,7 @@ fn args(server: String, data_dir: std::path::PathBuf) -> LoadgenArgs {
         users: 20,
         data_dir,
         credential_key_file: None,
+        anonymous: false,
         max_in_flight: 16,
         closed: false,
         threads: 1,

@@ -257,7 +257,11 @@ async fn request(
 /// Sends request `k`; on 410 does what the protocol asks of a client: fetches the current
 /// epoch and sends the same request again under it, once.
 async fn send_with_resend(load: &Load, k: u64, bodies: &Bodies) -> u16 {
-    let token = &load.tokens[k as usize % load.tokens.len()];
+    // Requests rotate through the users' credentials; an anonymous run has none.
+    let token = load
+        .tokens
+        .get(k as usize % load.tokens.len().max(1))
+        .map(String::as_str);
     let status = send(load, token, &bodies.item(k)).await;
     if status != 410 {
         return status;
@@ -268,15 +272,15 @@ async fn send_with_resend(load: &Load, k: u64, bodies: &Bodies) -> u16 {
 }
 
 /// Sends one body; returns the status (0 for a transport error) and tallies a 200.
-async fn send(load: &Load, token: &str, prepared: &Prepared) -> u16 {
-    let sent = load
+async fn send(load: &Load, token: Option<&str>, prepared: &Prepared) -> u16 {
+    let mut request = load
         .http
         .post(&load.discover_url)
-        .header("content-type", load.format().content_type())
-        .header("authorization", token)
-        .body(prepared.body.clone())
-        .send()
-        .await;
+        .header("content-type", load.format().content_type());
+    if let Some(token) = token {
+        request = request.header("authorization", token);
+    }
+    let sent = request.body(prepared.body.clone()).send().await;
     let Ok(response) = sent else {
         return 0;
     };

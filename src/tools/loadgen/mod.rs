@@ -7,7 +7,8 @@
 //! with (`registry generate --seed S` gives a prefix of the same sequence), misses come from
 //! another seed. Bodies are prepared ahead so the generator spends little CPU per request.
 //! Credentials are minted for many users with the credential key, so the per-user rate limit
-//! does not dominate (the server still needs a high `--rate-limit-burst`). With
+//! does not dominate (the server still needs a high `--rate-limit-burst`).
+//! Against a server run with `--insecure-no-auth`, `--anonymous` sends none and needs no key. With
 //! `--change-rate`, registry changes go to the admin listener at the same time and the report
 //! says how long each took to become visible (see `changes`).
 
@@ -77,8 +78,12 @@ pub struct LoadgenArgs {
     #[arg(long, env = "CONTACT_DISCOVERY_DATA_DIR", default_value = crate::server::config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Credential key file (overrides DATA_DIR/credential.key).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "anonymous")]
     pub credential_key_file: Option<PathBuf>,
+    /// Send no credentials, for a server run with `--insecure-no-auth`: no credential key is
+    /// read, and every request is the server's one anonymous user.
+    #[arg(long)]
+    pub anonymous: bool,
     /// Most requests in flight; later ones wait, and the wait counts as latency.
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: usize,
@@ -179,8 +184,8 @@ pub enum LoadgenError {
 /// Runs the load and returns the report.
 pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
     validate(args)?;
-    let key = credential_key(args)?;
-    let tokens = mint_tokens(args, &key)?;
+    let credentials = Credentials::for_run(args)?;
+    let tokens = credentials.headers(args)?;
     let epochs = epoch_client(args)?;
     let pools = Pools::generate(args);
     let first = fetch_epoch(&epochs, &args.server).await?;
@@ -190,7 +195,7 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
         return Ok(Report::from_json(report));
     }
     let change_thread = if args.changes.enabled() {
-        let credential = mint(args, &key, "loadgen-change-poller")?;
+        let credential = credentials.credential(args, "loadgen-change-poller")?;
         Some(ChangeThread::spawn(args, &first, credential).await?)
     } else {
         None
@@ -236,13 +241,47 @@ fn validate(args: &LoadgenArgs) -> Result<(), LoadgenError> {
     Ok(())
 }
 
-/// The credential key (`--credential-key-file`, or the data directory's).
-fn credential_key(args: &LoadgenArgs) -> Result<CredentialKey, LoadgenError> {
-    let key = match &args.credential_key_file {
-        Some(path) => secret::read_key(path)?,
-        None => secret::read_key(&default_credential_key_path(&args.data_dir))?,
-    };
-    Ok(CredentialKey::from_bytes(key))
+/// Who the run's requests say they are.
+enum Credentials {
+    /// Credentials minted with the server's credential key for many users.
+    Minted(CredentialKey),
+    /// None (`--anonymous`, for a server run with `--insecure-no-auth`).
+    Anonymous,
+}
+
+impl Credentials {
+    /// `--anonymous`, or the credential key (`--credential-key-file`, or the data directory's).
+    fn for_run(args: &LoadgenArgs) -> Result<Self, LoadgenError> {
+        if args.anonymous {
+            return Ok(Self::Anonymous);
+        }
+        let path = args
+            .credential_key_file
+            .clone()
+            .unwrap_or_else(|| default_credential_key_path(&args.data_dir));
+        let key = secret::read_key(&path).map_err(|err| {
+            LoadgenError::Invalid(format!(
+                "{err} (against a server run with --insecure-no-auth, pass --anonymous)"
+            ))
+        })?;
+        Ok(Self::Minted(CredentialKey::from_bytes(key)))
+    }
+
+    /// A credential for `user`, if the run sends any.
+    fn credential(&self, args: &LoadgenArgs, user: &str) -> Result<Option<String>, LoadgenError> {
+        match self {
+            Self::Minted(key) => mint(args, key, user).map(Some),
+            Self::Anonymous => Ok(None),
+        }
+    }
+
+    /// `Authorization` header values for `--users` users (none when anonymous).
+    fn headers(&self, args: &LoadgenArgs) -> Result<Vec<String>, LoadgenError> {
+        match self {
+            Self::Minted(key) => mint_tokens(args, key),
+            Self::Anonymous => Ok(Vec::new()),
+        }
+    }
 }
 
 /// A credential for `user`, valid for the run plus an hour.

@@ -196,7 +196,7 @@ impl ChangeRun {
     pub async fn prepare(
         args: &LoadgenArgs,
         first: &EpochInfo,
-        credential: String,
+        credential: Option<String>,
     ) -> Result<Self, LoadgenError> {
         let changes = args.changes.clone();
         let token_path = changes
@@ -204,7 +204,7 @@ impl ChangeRun {
             .clone()
             .unwrap_or_else(|| args.data_dir.join("admin.token"));
         let admin_token = secret::read_token_file(&token_path)?;
-        let mut config = ClientConfig::new(args.server.clone(), Some(credential));
+        let mut config = ClientConfig::new(args.server.clone(), credential);
         config.format = args.encoding;
         config.timeout = Duration::from_secs(60);
         // A poller held up by rate limits longer than a change may take is of no use.
@@ -457,7 +457,7 @@ impl ChangeThread {
     pub async fn spawn(
         args: &LoadgenArgs,
         first: &EpochInfo,
-        credential: String,
+        credential: Option<String>,
     ) -> Result<Self, LoadgenError> {
         let (ready_tx, ready_rx) = oneshot::channel::<Result<(), LoadgenError>>();
         let (start, start_rx) = oneshot::channel();
