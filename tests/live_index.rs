@@ -33,19 +33,16 @@ enum Want {
     Absent,
 }
 
-/// The value of a counter in Prometheus text (0 when absent).
-async fn counter(http: &reqwest::Client, admin: &str, name: &str) -> f64 {
-    let text = http
-        .get(format!("http://{admin}/metrics"))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+/// How many index builds the server has finished (its histogram's count; 0 before the first).
+async fn builds(http: &reqwest::Client, server: &common::Server) -> f64 {
+    let text = server.metrics(http).await;
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("contact_discovery_index_build_seconds_count")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0)
 }
 
@@ -90,12 +87,7 @@ async fn a_change_is_discoverable_at_once_across_builds_and_a_boundary_under_loa
     };
     let changer = client("changer");
     let first_epoch = changer.fetch_epoch().await.unwrap().epoch;
-    let builds_before = counter(
-        &http,
-        &server.admin,
-        "contact_discovery_index_build_seconds_count",
-    )
-    .await;
+    let builds_before = builds(&http, &server).await;
 
     // Load: other users keep asking for numbers nobody changes, registered or not.
     let stop = Arc::new(AtomicBool::new(false));
@@ -160,13 +152,7 @@ async fn a_change_is_discoverable_at_once_across_builds_and_a_boundary_under_loa
         );
 
         let epoch = changer.fetch_epoch().await.unwrap().epoch;
-        let builds = counter(
-            &http,
-            &server.admin,
-            "contact_discovery_index_build_seconds_count",
-        )
-        .await;
-        if epoch > first_epoch && builds > builds_before {
+        if epoch > first_epoch && builds(&http, &server).await > builds_before {
             break;
         }
         assert!(

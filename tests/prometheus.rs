@@ -133,14 +133,7 @@ async fn api(
 /// a 500 (the test-hooks panic), 404s, a 503 from `/readyz` and admin changes.
 async fn drive_load(http: &reqwest::Client, server: &common::Server, credential: &str) {
     let public = &server.public;
-    let info: protocol::EpochInfo = http
-        .get(format!("http://{public}/v1/epoch"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: protocol::EpochInfo = serde_json::from_value(server.epoch(http).await).unwrap();
     let (epoch, salt) = (info.epoch, info.decode_salt().unwrap());
     let number = contact_discovery::domain::E164::parse("+4915112345678").unwrap();
     let body = protocol::encode_request(

@@ -112,6 +112,20 @@ impl Changes {
     fn journal(&mut self, build: u64) -> Option<&mut Journal> {
         self.journals.iter_mut().find(|j| j.build == build)
     }
+
+    /// Stops recording for `build` (installed, or dropped unfinished).
+    fn close(&mut self, build: u64) {
+        self.journals.retain(|j| j.build != build);
+    }
+
+    /// How changes relate to an artefact built in `generation`.
+    fn base_for(&self, generation: u64) -> ChangeBase {
+        if generation == self.generation {
+            ChangeBase::Exact
+        } else {
+            ChangeBase::Stale
+        }
+    }
 }
 
 /// Why a request's epoch cannot be served.
@@ -299,12 +313,8 @@ impl<A: EpochArtefact> ChangeSink for LiveIndexes<A> {
     fn discoverability_changed(&self, changes: &[Discoverability]) {
         let mut state = self.changes.lock();
         for live in self.live.read().values() {
-            let base = if live.generation == state.generation {
-                ChangeBase::Exact
-            } else {
-                ChangeBase::Stale
-            };
-            live.index.apply(&self.secret, changes, base);
+            live.index
+                .apply(&self.secret, changes, state.base_for(live.generation));
         }
         for journal in &mut state.journals {
             journal.changes.extend_from_slice(changes);
@@ -334,16 +344,11 @@ impl<A: EpochArtefact> Build<A> {
         let secret = &self.indexes.secret;
         loop {
             let mut changes = self.indexes.changes.lock();
-            let current = changes.generation;
             // Only this build closes its journal; were it gone, generation 0 gets it rebuilt.
             let (generation, pending) = changes.journal(self.id).map_or((0, Vec::new()), |j| {
                 (j.generation, std::mem::take(&mut j.changes))
             });
-            let base = if generation == current {
-                ChangeBase::Exact
-            } else {
-                ChangeBase::Stale
-            };
+            let base = changes.base_for(generation);
             if pending.len() > CATCH_UP_UNDER_LOCK {
                 drop(changes);
                 index.apply(secret, &pending, base);
@@ -356,7 +361,7 @@ impl<A: EpochArtefact> Build<A> {
                 build_seconds,
                 generation,
             };
-            changes.journals.retain(|j| j.build != self.id);
+            changes.close(self.id);
             self.indexes.live.write().insert(self.epoch, live.clone());
             return live;
         }
@@ -365,12 +370,7 @@ impl<A: EpochArtefact> Build<A> {
 
 impl<A: EpochArtefact> Drop for Build<A> {
     fn drop(&mut self) {
-        let id = self.id;
-        self.indexes
-            .changes
-            .lock()
-            .journals
-            .retain(|j| j.build != id);
+        self.indexes.changes.lock().close(self.id);
     }
 }
 

@@ -215,14 +215,14 @@ impl Registry {
         } else {
             State::default()
         };
-        if let Some(records) = log::replay_prev(dir, |ops| {
+        // Replay only: what changed for the sinks is not needed before anyone subscribed.
+        let mut replay = |ops: &[Op]| {
             state.apply(ops);
-        })? {
+        };
+        if let Some(records) = log::replay_prev(dir, &mut replay)? {
             report.prev_log_records = records;
         }
-        let (log, replayed) = Log::open(dir, |ops| {
-            state.apply(ops);
-        })?;
+        let (log, replayed) = Log::open(dir, &mut replay)?;
         report.log_records = replayed.records;
         report.truncated_bytes = replayed.truncated_bytes;
         state.fold();
