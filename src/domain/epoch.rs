@@ -62,12 +62,18 @@ impl ServerSecret {
 
     /// The public salt of `epoch`: `derive_key(SALT_CONTEXT, secret || epoch as u64 big-endian)`.
     pub fn salt(&self, epoch: Epoch) -> Salt {
+        Salt(self.derive_for_epoch(SALT_CONTEXT, epoch))
+    }
+
+    /// `derive_key(context, secret || epoch as u64 big-endian)`: per-epoch key material for
+    /// `context` (salts; the private mode's OPRF key seeds).
+    pub fn derive_for_epoch(&self, context: &str, epoch: Epoch) -> [u8; 32] {
         let mut material = [0u8; 40];
         material[..32].copy_from_slice(&self.0);
         material[32..].copy_from_slice(&epoch.0.to_be_bytes());
-        let salt = Salt(blake3::derive_key(SALT_CONTEXT, &material));
+        let derived = blake3::derive_key(context, &material);
         material.zeroize();
-        salt
+        derived
     }
 
     /// A key for `purpose` (a fixed BLAKE3 `derive_key` context), the same on every replica

@@ -15,3 +15,7 @@ pub const FINGERPRINT: GeneralPurpose = GeneralPurpose::new(
 /// Salts in the epoch object: written and read without padding (the server writes it; a padded
 /// salt is not one it sent).
 pub const SALT: GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The private mode's group elements in JSON: like fingerprints, written without padding,
+/// padding tolerated on input.
+pub const ELEMENT: GeneralPurpose = FINGERPRINT;

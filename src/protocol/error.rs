@@ -47,6 +47,18 @@ pub enum DecodeError {
         /// Its position in the batch.
         index: usize,
     },
+    /// A private-mode element that is not 32 bytes (in binary: the body's tail).
+    #[error("element {index} is not 32 bytes")]
+    ElementLength {
+        /// Its position in the batch.
+        index: usize,
+    },
+    /// 32 bytes that are not a valid ristretto255 element (or are the identity).
+    #[error("element {index} is not a valid ristretto255 element")]
+    InvalidElement {
+        /// Its position in the batch.
+        index: usize,
+    },
     /// More fingerprints than the server takes in one request.
     #[error("more than {max} fingerprints in one request; split the batch")]
     BatchTooLarge {
@@ -79,6 +91,12 @@ pub enum AnswerError {
     /// An error body that is not `{"code": ..., "message": ...}`.
     #[error("error answer without code and message")]
     ErrorShape,
+    /// An evaluation answer with another number of elements than were sent.
+    #[error("evaluation answer has the wrong number of elements")]
+    ElementCount,
+    /// An evaluated element that is not a valid ristretto255 element.
+    #[error("evaluation answer holds an invalid element")]
+    InvalidElement,
     /// A 410 without the epoch to retry on.
     #[error("410 without the current epoch")]
     NoCurrentEpoch,

@@ -6,6 +6,8 @@
 //! - [`Format`]: the two encodings of a discovery exchange and their media types.
 //! - [`request`]: the discovery request, encoded by clients and decoded by the server.
 //! - [`answer`]: the discovery answer, encoded by the server and decoded by clients.
+//! - [`evaluate`]: the private mode's evaluation request and answer (blinded and evaluated
+//!   elements).
 //! - [`EpochInfo`]: the epoch object (`GET /v1/epoch`, and the `current` of a 410), with the one
 //!   salt decoder.
 //! - [`ErrorBody`]: an error answer as a client reads it.
@@ -23,7 +25,9 @@ pub mod answer;
 mod base64url;
 pub mod epoch;
 pub mod error;
+pub mod evaluate;
 pub mod format;
+mod json_object;
 pub mod request;
 mod zeroizing;
 

@@ -14,6 +14,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use zeroize::Zeroizing;
 
 use super::base64url::FINGERPRINT as B64;
+use super::json_object::{EpochAndList, Fields};
 use super::{DecodeError, Format};
 use crate::domain::{FINGERPRINT_BYTES, Fingerprint};
 
@@ -62,47 +63,11 @@ fn decode_binary(body: &[u8]) -> Result<DiscoverRequest, DecodeError> {
     })
 }
 
-struct JsonRequest {
-    epoch: u64,
-    fingerprints: JsonFingerprints,
-}
-
-/// Hand-written rather than derived: a derived struct would also accept a JSON array
-/// `[epoch, [...]]`, and the protocol defines the request as an object only.
-impl<'de> Deserialize<'de> for JsonRequest {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = JsonRequest;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object with epoch and fingerprints")
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut epoch = None;
-                let mut fingerprints = None;
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    match key.as_ref() {
-                        "epoch" if epoch.is_none() => epoch = Some(map.next_value::<u64>()?),
-                        "fingerprints" if fingerprints.is_none() => {
-                            fingerprints = Some(map.next_value::<JsonFingerprints>()?);
-                        }
-                        "epoch" | "fingerprints" => {
-                            return Err(de::Error::custom("duplicate field"));
-                        }
-                        _ => return Err(de::Error::custom("unknown field")),
-                    }
-                }
-                match (epoch, fingerprints) {
-                    (Some(epoch), Some(fingerprints)) => Ok(JsonRequest {
-                        epoch,
-                        fingerprints,
-                    }),
-                    _ => Err(de::Error::custom("missing field")),
-                }
-            }
-        }
-        deserializer.deserialize_map(V)
-    }
+struct RequestFields;
+impl Fields for RequestFields {
+    const EPOCH: &'static str = "epoch";
+    const LIST: &'static str = "fingerprints";
+    const SHAPE: &'static str = r#"{"epoch": <u64>, "fingerprints": [<base64url>, ...]}"#;
 }
 
 /// The decoded list plus the first element that was not a valid fingerprint, if any.
@@ -195,19 +160,14 @@ impl<'de> Deserialize<'de> for JsonFingerprints {
 }
 
 fn decode_json(body: &[u8]) -> Result<DiscoverRequest, DecodeError> {
-    let request: JsonRequest = serde_json::from_slice(body).map_err(|err| {
-        let (line, column) = (err.line(), err.column());
-        match err.classify() {
-            serde_json::error::Category::Data => DecodeError::WrongShape { line, column },
-            _ => DecodeError::NotJson { line, column },
-        }
-    })?;
-    match request.fingerprints.first_bad {
+    let request: EpochAndList<JsonFingerprints, RequestFields> =
+        super::json_object::from_slice(body)?;
+    match request.list.first_bad {
         Some((index, BadFingerprint::WrongLength)) => Err(DecodeError::FingerprintLength { index }),
         Some((index, BadFingerprint::NotBase64)) => Err(DecodeError::NotBase64 { index }),
         None => Ok(DiscoverRequest {
             epoch: request.epoch,
-            fingerprints: request.fingerprints.items,
+            fingerprints: request.list.items,
         }),
     }
 }

@@ -163,6 +163,36 @@ pub enum ApiError {
     /// The request head (headers) is larger than the server reads, or has too many headers.
     #[error("the request headers are too large")]
     HeadersTooLarge,
+    /// A private-mode element that is not 32 bytes.
+    #[error("element {index} is not 32 bytes")]
+    ElementLength {
+        /// Its position in the batch.
+        index: usize,
+    },
+    /// A private-mode element that is not a valid ristretto255 element.
+    #[error("element {index} is not a valid ristretto255 element")]
+    InvalidElement {
+        /// Its position in the batch.
+        index: usize,
+    },
+    /// The key epoch named is not served; fetch the set of the current one (in the body).
+    #[error("key epoch is not served (expired or unknown); sync the set of the current key epoch")]
+    KeyEpochUnavailable {
+        /// The key epoch to use instead.
+        current: u64,
+    },
+    /// A shard index past the end of the set.
+    #[error("no such shard; the set has {shards} shards")]
+    UnknownShard {
+        /// Shards in the set.
+        shards: u32,
+    },
+    /// The set version named is not in this replica's recent history.
+    #[error("no delta from that version here; fetch the shards whose ETags changed")]
+    DeltaUnavailable,
+    /// A query parameter is missing or malformed.
+    #[error("invalid query: {0}")]
+    InvalidQuery(&'static str),
     /// Too many requests in flight: shed at once rather than queued; retry shortly.
     #[error("the service is overloaded; retry after {retry_after} seconds")]
     Overloaded {
@@ -186,10 +216,14 @@ impl ApiError {
             MalformedBody(_) | MalformedRequest => StatusCode::BAD_REQUEST,
             UriTooLong => StatusCode::URI_TOO_LONG,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            FingerprintLength { .. } | InvalidNumbers(_) | ConflictingChanges(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            EpochUnavailable(_) => StatusCode::GONE,
+            FingerprintLength { .. }
+            | ElementLength { .. }
+            | InvalidElement { .. }
+            | InvalidNumbers(_)
+            | ConflictingChanges(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            EpochUnavailable(_) | KeyEpochUnavailable { .. } => StatusCode::GONE,
+            UnknownShard { .. } | DeltaUnavailable => StatusCode::NOT_FOUND,
+            InvalidQuery(_) => StatusCode::BAD_REQUEST,
             RateLimited { .. } | UserInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             NotReady => StatusCode::SERVICE_UNAVAILABLE,
             NotFound => StatusCode::NOT_FOUND,
@@ -231,6 +265,12 @@ impl ApiError {
             MalformedRequest => "malformed_request",
             UriTooLong => "uri_too_long",
             HeadersTooLarge => "headers_too_large",
+            ElementLength { .. } => "invalid_element_length",
+            InvalidElement { .. } => "invalid_element",
+            KeyEpochUnavailable { .. } => "key_epoch_unavailable",
+            UnknownShard { .. } => "unknown_shard",
+            DeltaUnavailable => "delta_unavailable",
+            InvalidQuery(_) => "invalid_query",
         }
     }
 
@@ -276,6 +316,12 @@ impl ApiError {
         "malformed_request",
         "uri_too_long",
         "headers_too_large",
+        "invalid_element_length",
+        "invalid_element",
+        "key_epoch_unavailable",
+        "unknown_shard",
+        "delta_unavailable",
+        "invalid_query",
     ];
 }
 
@@ -298,6 +344,8 @@ impl From<DecodeError> for ApiError {
             }
             DecodeError::FingerprintLength { index } => ApiError::FingerprintLength { index },
             DecodeError::BatchTooLarge { max } => ApiError::BatchTooLarge { max },
+            DecodeError::ElementLength { index } => ApiError::ElementLength { index },
+            DecodeError::InvalidElement { index } => ApiError::InvalidElement { index },
             malformed @ (DecodeError::MissingEpoch
             | DecodeError::NotJson { .. }
             | DecodeError::WrongShape { .. }
@@ -317,6 +365,9 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::EpochUnavailable(info) => {
                 body["current"] = json!(info);
+            }
+            ApiError::KeyEpochUnavailable { current } => {
+                body["current_key_epoch"] = json!(current);
             }
             ApiError::InvalidNumbers(problems) | ApiError::ConflictingChanges(problems) => {
                 body["invalid"] = json!(problems.shown);
@@ -387,6 +438,12 @@ mod tests {
             ApiError::MalformedRequest,
             ApiError::UriTooLong,
             ApiError::HeadersTooLarge,
+            ApiError::ElementLength { index: 0 },
+            ApiError::InvalidElement { index: 0 },
+            ApiError::KeyEpochUnavailable { current: 0 },
+            ApiError::UnknownShard { shards: 1 },
+            ApiError::DeltaUnavailable,
+            ApiError::InvalidQuery("x"),
         ];
         let codes: Vec<_> = samples.iter().map(ApiError::code).collect();
         assert_eq!(codes, ApiError::CODES);
