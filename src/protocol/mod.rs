@@ -8,6 +8,8 @@
 //! - [`answer`]: the discovery answer, encoded by the server and decoded by clients.
 //! - [`evaluate`]: the private mode's evaluation request and answer (blinded and evaluated
 //!   elements).
+//! - [`gcs`]: Golomb-coded sets (the BIP-158 layout), what the private set's shards are.
+//! - [`private_set`]: the private mode's downloadable set: parameters, manifest, ETags, deltas.
 //! - [`EpochInfo`]: the epoch object (`GET /v1/epoch`, and the `current` of a 410), with the one
 //!   salt decoder.
 //! - [`ErrorBody`]: an error answer as a client reads it.
@@ -27,7 +29,9 @@ pub mod epoch;
 pub mod error;
 pub mod evaluate;
 pub mod format;
+pub mod gcs;
 mod json_object;
+pub mod private_set;
 pub mod request;
 mod zeroizing;
 
