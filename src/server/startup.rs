@@ -214,7 +214,7 @@ impl Application {
             readiness,
         });
         let state = Arc::new(AppState { public, admin });
-        let rotator = Rotator::new(indexes, registry, clock, metrics);
+        let rotator = Rotator::hashed(indexes, registry, clock, &metrics, ());
         Ok(Self {
             public: Bound::bind(config.listeners.listen).await?,
             admin: Bound::bind(config.listeners.admin_listen).await?,
