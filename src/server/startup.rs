@@ -372,7 +372,11 @@ impl PrivateWork {
             PrivateWork::Off => PrivateMode::Off,
             PrivateWork::On { sets, .. } => PrivateMode::On(PrivateParts {
                 sets: Arc::clone(sets),
-                max_batch: settings.private.max_batch.get(),
+                max_batch: settings
+                    .private
+                    .max_batch
+                    .get()
+                    .min(settings.limits.rate_limit_burst.get() as usize),
             }),
         }
     }

@@ -199,7 +199,8 @@ pub struct Private {
     #[serde(rename = "private_publish_interval_ms")]
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub publish_interval: Duration,
-    /// Most elements per evaluation request (each costs the server about 25 µs).
+    /// Most elements per evaluation request (each costs the server about 25 µs); at most
+    /// `rate_limit_burst` is used, so a full batch can always pass.
     #[serde(rename = "private_max_batch")]
     pub max_batch: NonZeroUsize,
     /// How long published changes are kept for deltas.
@@ -471,11 +472,6 @@ impl TryFrom<Config> for Settings {
         let private = &config.private;
         if !(1e-12..=1e-2).contains(&private.false_positive_rate) {
             return invalid("private_false_positive_rate must be between 1e-12 and 0.01");
-        }
-        if private.max_batch.get() > limits.rate_limit_burst.get() as usize {
-            return invalid(
-                "private_max_batch must not exceed rate_limit_burst, or a full batch could never pass",
-            );
         }
         if private.publish_interval.is_zero() {
             return invalid("private_publish_interval_ms must be positive");
