@@ -293,17 +293,17 @@ fn net_changes(values: &[u64], changes: &[(u64, &Pending)]) -> (Vec<u64>, Vec<u6
     (added, removed)
 }
 
-impl EpochArtefact for PrivateSet {
-    type Config = PrivateSetConfig;
-
-    fn build(
+impl PrivateSet {
+    /// Builds the set of `digits` (E.164 numbers as integers, see [`E164::get`]) for `epoch`,
+    /// in parallel across cores: what [`EpochArtefact::build`] does with the registry's view
+    /// (benchmarks call it directly).
+    pub fn build_from_digits(
         config: &PrivateSetConfig,
         secret: &ServerSecret,
         epoch: Epoch,
-        numbers: &DiscoverableNumbers,
+        digits: &[u64],
     ) -> Result<Self, BuildError> {
         let key = OprfKey::derive(secret, epoch).map_err(|_| BuildError::Key)?;
-        let digits = numbers.as_digits();
         let params = SetParams::for_items(epoch.0, digits.len() as u64, config.inverse_fpr);
         let mut positions = digits
             .par_iter()
@@ -329,6 +329,19 @@ impl EpochArtefact for PrivateSet {
             history: RwLock::new(History::default()),
             broken: AtomicBool::new(false),
         })
+    }
+}
+
+impl EpochArtefact for PrivateSet {
+    type Config = PrivateSetConfig;
+
+    fn build(
+        config: &PrivateSetConfig,
+        secret: &ServerSecret,
+        epoch: Epoch,
+        numbers: &DiscoverableNumbers,
+    ) -> Result<Self, BuildError> {
+        Self::build_from_digits(config, secret, epoch, numbers.as_digits())
     }
 
     /// Queues the changes for the next publication (the OPRF work happens there, not under
