@@ -284,6 +284,11 @@ impl<'a> Reader<'a> {
 
 /// Reads the cache file at `path`; `None` if there is none.
 pub fn read_cache(path: &Path) -> Result<Option<PrivateCache>, CacheError> {
+    read_cache_within(path, MAX_CACHE_BYTES)
+}
+
+/// [`read_cache`], refusing a file over `limit` bytes.
+fn read_cache_within(path: &Path, limit: u64) -> Result<Option<PrivateCache>, CacheError> {
     let io = |source| CacheError::Io {
         path: path.to_owned(),
         source,
@@ -294,17 +299,13 @@ pub fn read_cache(path: &Path) -> Result<Option<PrivateCache>, CacheError> {
         Err(err) => return Err(io(err)),
     };
     let size = file.metadata().map_err(io)?.len();
-    if size > MAX_CACHE_BYTES {
+    if size > limit {
         return Err(CacheError::TooLarge);
     }
     let mut bytes = Zeroizing::new(Vec::with_capacity(size as usize));
-    // Read at most one byte past the limit: a file that grew since its size was taken is
-    // still refused rather than read without bound.
-    io::Read::read_to_end(&mut io::Read::take(&file, MAX_CACHE_BYTES + 1), &mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_CACHE_BYTES {
-        return Err(CacheError::TooLarge);
-    }
+    // Never more than the limit, even from a file that grew since its size was taken: what
+    // is cut off then fails the length and checksum checks.
+    io::Read::read_to_end(&mut io::Read::take(&file, limit), &mut bytes).map_err(io)?;
     decode(&bytes).map(Some)
 }
 
@@ -319,17 +320,13 @@ pub fn write_cache(path: &Path, cache: &PrivateCache) -> Result<(), CacheError> 
     let name = path
         .file_name()
         .ok_or_else(|| at(path)(io::Error::other("not a file name")))?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path);
     let mut tmp_name = name.to_owned();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
-    match fs::remove_file(&tmp) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(at(&tmp)(err)),
-        _ => {}
-    }
+    // A leftover from a crash goes; whatever cannot be removed makes the exclusive create
+    // below fail, with its path.
+    let _ = fs::remove_file(&tmp);
     let bytes = encode(cache);
     let mut file = OpenOptions::new()
         .write(true)
@@ -343,6 +340,14 @@ pub fn write_cache(path: &Path, cache: &PrivateCache) -> Result<(), CacheError> 
     drop(file);
     fs::rename(&tmp, path).map_err(at(path))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(at(dir))
+}
+
+/// The directory `path` is in (`.` for a bare file name), whose entry the rename changes.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }
 
 #[cfg(test)]
@@ -504,6 +509,128 @@ mod tests {
         let mut p = good.clone();
         p[first_len..first_len + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         refused(&p);
+    }
+
+    /// A payload of a set flag 0, then `epochs` epoch records' worth of header.
+    fn claims(count: u32, then: usize) -> Result<PrivateCache, CacheError> {
+        let mut p = vec![0];
+        p.extend_from_slice(&count.to_be_bytes());
+        p.resize(p.len() + then, 0);
+        decode(&with_payload(&p))
+    }
+
+    #[test]
+    fn counts_are_checked_against_the_exact_record_sizes() {
+        const CLAIMS_TOO_MUCH: &str = "a count claims more than the file holds";
+        // Two epoch records need 24 bytes: 23 are refused by the count, 24 are read.
+        assert!(matches!(
+            claims(2, 23),
+            Err(CacheError::Malformed(CLAIMS_TOO_MUCH))
+        ));
+        assert!(matches!(
+            claims(2, 16),
+            Err(CacheError::Malformed(CLAIMS_TOO_MUCH))
+        ));
+        let out = claims(2, 24).err();
+        assert!(
+            matches!(out, Some(CacheError::Malformed("key epochs out of order"))),
+            "{out:?}"
+        );
+        // Two number records need 32 bytes after their epoch's header.
+        let numbers = |then: usize| {
+            let mut p = vec![0];
+            p.extend_from_slice(&1u32.to_be_bytes());
+            p.extend_from_slice(&4u64.to_be_bytes());
+            p.extend_from_slice(&2u32.to_be_bytes());
+            p.resize(p.len() + then, 0);
+            decode(&with_payload(&p))
+        };
+        assert!(matches!(
+            numbers(31),
+            Err(CacheError::Malformed(CLAIMS_TOO_MUCH))
+        ));
+        assert!(matches!(
+            numbers(16),
+            Err(CacheError::Malformed(CLAIMS_TOO_MUCH))
+        ));
+        assert!(matches!(
+            numbers(32),
+            Err(CacheError::Malformed("not a number"))
+        ));
+        // Shard records need 28 bytes each before their bodies.
+        let shards = |count: u32, then: usize| {
+            let mut p = vec![1];
+            p.extend_from_slice(&1u64.to_be_bytes());
+            p.extend_from_slice(&(1u64 << 40).to_be_bytes());
+            p.extend_from_slice(&count.to_be_bytes());
+            p.push(20);
+            p.extend_from_slice(&100u32.to_be_bytes());
+            p.extend_from_slice(&[0; TAG_BYTES]);
+            p.resize(p.len() + then, 0);
+            decode(&with_payload(&p))
+        };
+        const TOO_MANY_SHARDS: &str = "more shards than the file holds";
+        assert!(matches!(
+            shards(3, 83),
+            Err(CacheError::Malformed(TOO_MANY_SHARDS))
+        ));
+        assert!(matches!(
+            shards(3, 60),
+            Err(CacheError::Malformed(TOO_MANY_SHARDS))
+        ));
+        let out = shards(3, 84).err();
+        assert!(matches!(out, Some(CacheError::Set(_))), "{out:?}");
+        assert!(matches!(
+            shards(crate::protocol::private_set::MAX_SHARDS, 0),
+            Err(CacheError::Malformed(TOO_MANY_SHARDS))
+        ));
+    }
+
+    #[test]
+    fn a_set_of_empty_shards_fills_the_file_exactly_and_is_read() {
+        let p = SetParams {
+            shards: 20,
+            ..params()
+        };
+        let cache = PrivateCache {
+            set: complete(&p, &vec![Vec::new(); 20]),
+            hashes: BTreeMap::new(),
+        };
+        let back = decode(&encode(&cache)).unwrap();
+        assert_eq!(back.set.params(), Some(p));
+        assert_eq!(back.set.items(), 0);
+    }
+
+    #[test]
+    fn an_empty_payload_is_malformed() {
+        assert!(matches!(
+            decode(&with_payload(&[])),
+            Err(CacheError::Malformed("a record runs past the end"))
+        ));
+    }
+
+    #[test]
+    fn files_over_the_limit_are_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        write_cache(&path, &sample()).unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(read_cache_within(&path, size).unwrap().is_some());
+        assert!(matches!(
+            read_cache_within(&path, size - 1),
+            Err(CacheError::TooLarge)
+        ));
+        // Not found is no cache; any other failure to open is an error.
+        assert!(read_cache(&dir.path().join("absent")).unwrap().is_none());
+        let err = read_cache(&path.join("below-a-file")).err();
+        assert!(matches!(err, Some(CacheError::Io { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn a_bare_file_name_is_in_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("cache")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("a/cache")), Path::new("a"));
+        assert_eq!(parent_dir(Path::new("/cache")), Path::new("/"));
     }
 
     #[test]
