@@ -46,6 +46,72 @@ pub struct Metrics {
     pub registry_write_seconds: Histogram,
     /// The registry change stream shared by replicas (all zero when standalone).
     pub replication: ReplicationMetrics,
+    /// The private mode (all zero when it is off).
+    pub private: PrivateMetrics,
+}
+
+/// Metrics of the private mode: its rotator's gauges, elements evaluated (the one thing the
+/// server learns of a private query: how many numbers were asked about), publications.
+pub struct PrivateMetrics {
+    /// The rotator's gauges (`private_key_epoch`, `private_set_*`).
+    pub rotator: crate::store::rotation::RotatorMetrics,
+    /// Blinded elements evaluated.
+    pub elements_evaluated: IntCounter,
+    /// Seconds per publication of registry changes into the set.
+    pub publish_seconds: Histogram,
+}
+
+impl PrivateMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let gauge =
+            |name: &str, help: &str| IntGauge::with_opts(Opts::new(name, help).namespace(NS));
+        let m = Self {
+            rotator: crate::store::rotation::RotatorMetrics {
+                build_seconds: Histogram::with_opts(
+                    HistogramOpts::new(
+                        "private_set_build_seconds",
+                        "Seconds per private set build",
+                    )
+                    .namespace(NS)
+                    .buckets(vec![0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3_600.0]),
+                )?,
+                current_epoch: gauge("private_key_epoch", "The current OPRF key epoch")?,
+                ready: gauge(
+                    "private_set_ready",
+                    "1 once the current key epoch's private set is built",
+                )?,
+                entries: gauge(
+                    "private_set_entries",
+                    "Values in the current key epoch's private set",
+                )?,
+                live: gauge("private_live_sets", "Private sets alive")?,
+            },
+            elements_evaluated: IntCounter::with_opts(
+                Opts::new(
+                    "private_elements_evaluated_total",
+                    "Blinded elements evaluated by the private mode",
+                )
+                .namespace(NS),
+            )?,
+            publish_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "private_set_publish_seconds",
+                    "Seconds per publication of registry changes into the private set",
+                )
+                .namespace(NS)
+                .buckets(vec![0.000_1, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0]),
+            )?,
+        };
+        let r = &m.rotator;
+        registry.register(Box::new(r.build_seconds.clone()))?;
+        registry.register(Box::new(r.current_epoch.clone()))?;
+        registry.register(Box::new(r.ready.clone()))?;
+        registry.register(Box::new(r.entries.clone()))?;
+        registry.register(Box::new(r.live.clone()))?;
+        registry.register(Box::new(m.elements_evaluated.clone()))?;
+        registry.register(Box::new(m.publish_seconds.clone()))?;
+        Ok(m)
+    }
 }
 
 /// Metrics of the registry change stream (`replication.rs`).
@@ -249,6 +315,7 @@ impl Metrics {
                 ]),
             )?,
             replication: ReplicationMetrics::new(&registry)?,
+            private: PrivateMetrics::new(&registry)?,
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -269,6 +336,17 @@ impl Metrics {
         m.registry
             .register(Box::new(m.registry_write_seconds.clone()))?;
         Ok(m)
+    }
+
+    /// The hashed mode's rotator gauges.
+    pub fn hashed_rotator(&self) -> crate::store::rotation::RotatorMetrics {
+        crate::store::rotation::RotatorMetrics {
+            build_seconds: self.index_build_seconds.clone(),
+            current_epoch: self.current_epoch.clone(),
+            ready: self.ready.clone(),
+            entries: self.index_entries.clone(),
+            live: self.live_indexes.clone(),
+        }
     }
 
     /// Sets the registry size gauges.

@@ -74,6 +74,8 @@ fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 struct Probe {
     client: reqwest::Client,
     base: String,
+    /// The route requests go to.
+    route: &'static str,
     credential: String,
     /// Every response body, status line and header the server sent back.
     seen: Vec<u8>,
@@ -89,7 +91,7 @@ impl Probe {
     ) -> u16 {
         let mut request = self
             .client
-            .post(format!("{}/v1/discover", self.base))
+            .post(format!("{}{}", self.base, self.route))
             .header("content-type", content_type)
             .body(body);
         if auth {
@@ -194,6 +196,7 @@ async fn no_trace_of_a_query_is_kept_anywhere() {
     let mut probe = Probe {
         client: client.clone(),
         base: format!("http://{}", server.public),
+        route: "/v1/discover",
         credential,
         seen: Vec::new(),
     };
@@ -348,6 +351,179 @@ async fn no_trace_of_a_query_is_kept_anywhere() {
     assert_eq!(
         before, after_queries,
         "discovery requests changed the data directory"
+    );
+}
+
+/// Every 8-byte window of each element at offsets 0, 8, 16 and 24: a leak of any part of an
+/// element is found, in every encoding [`encodings`] knows.
+fn windows(elements: &[[u8; 32]]) -> Vec<[u8; 8]> {
+    elements
+        .iter()
+        .flat_map(|e| e.chunks_exact(8).map(|c| <[u8; 8]>::try_from(c).unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_trace_of_a_private_query_is_kept_anywhere() {
+    use contact_discovery::domain::oprf::{self, BlindedElement};
+    use contact_discovery::protocol::Format;
+    use contact_discovery::protocol::evaluate::encode_evaluate;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_server_with_env(
+        &data,
+        &[
+            "--private-max-batch",
+            "100",
+            "--max-batch",
+            "100",
+            "--rate-limit-burst",
+            "400",
+            "--rate-limit-refill-per-day",
+            "1",
+            "--private-publish-interval-ms",
+            "100",
+            "--log",
+            "trace",
+        ],
+        &[("RUST_LOG", "trace")],
+    );
+    let client = reqwest::Client::new();
+    let registered = ["+4915112345678", "+15555550123", "+447700900456"];
+    let credential = credential(&data, "private-probe");
+    let manifest = |client: reqwest::Client, base: String, credential: String| async move {
+        let response = client
+            .get(format!("{base}/v1/private/set"))
+            .bearer_auth(credential)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<serde_json::Value>().await.unwrap()
+    };
+    let base = format!("http://{}", server.public);
+    let first = manifest(client.clone(), base.clone(), credential.clone()).await;
+    register(&client, &server, &registered).await;
+    // Wait until the set holds the registrations.
+    let mut published = first.clone();
+    for _ in 0..200 {
+        published = manifest(client.clone(), base.clone(), credential.clone()).await;
+        if published["version"] != first["version"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(published["version"], first["version"], "never published");
+    let key_epoch = published["key_epoch"].as_u64().unwrap();
+
+    // Blinded elements of registered and other numbers: what a client uploads.
+    let numbers: Vec<E164> = registered
+        .iter()
+        .map(|n| E164::parse(n).unwrap())
+        .chain((0..20).map(|i| E164::from_u64(4_930_000_000 + i).unwrap()))
+        .collect();
+    let elements: Vec<BlindedElement> =
+        numbers.iter().map(|n| oprf::blind(*n).unwrap().1).collect();
+    let raw: Vec<[u8; 32]> = elements.iter().map(BlindedElement::to_bytes).collect();
+    let needles = windows(&raw);
+    let before = files_under(&data);
+
+    let mut probe = Probe {
+        client: client.clone(),
+        base: base.clone(),
+        route: "/v1/private/evaluate",
+        credential,
+        seen: Vec::new(),
+    };
+    let (bin, json) = ("application/octet-stream", "application/json");
+    let body = |format, epoch| encode_evaluate(format, epoch, &elements);
+    let mut statuses = vec![
+        probe
+            .send(bin, true, None, body(Format::Binary, key_epoch))
+            .await,
+        probe
+            .send(json, true, None, body(Format::Json, key_epoch))
+            .await,
+        probe
+            .send(bin, true, None, body(Format::Binary, key_epoch + 3))
+            .await,
+        probe
+            .send(bin, false, None, body(Format::Binary, key_epoch))
+            .await,
+        probe
+            .send("text/plain", true, None, body(Format::Binary, key_epoch))
+            .await,
+    ];
+    let mut cut = body(Format::Json, key_epoch);
+    cut.truncate(cut.len() - 5);
+    statuses.push(probe.send(json, true, None, cut).await);
+    let mut odd = body(Format::Binary, key_epoch);
+    odd.extend_from_slice(&raw[0][..7]);
+    statuses.push(probe.send(bin, true, None, odd).await);
+    // A valid element followed by one that is not a group element.
+    let mut invalid = body(Format::Binary, key_epoch);
+    invalid[8 + 32..8 + 64].fill(0xff);
+    statuses.push(probe.send(bin, true, None, invalid).await);
+    let many: Vec<BlindedElement> = elements.iter().cycle().take(150).cloned().collect();
+    statuses.push(
+        probe
+            .send(
+                bin,
+                true,
+                None,
+                encode_evaluate(Format::Binary, key_epoch, &many),
+            )
+            .await,
+    );
+    for _ in 0..40 {
+        let status = probe
+            .send(bin, true, None, body(Format::Binary, key_epoch))
+            .await;
+        statuses.push(status);
+        if status == 429 {
+            break;
+        }
+    }
+    for code in [200, 400, 401, 410, 413, 415, 422, 429] {
+        assert!(statuses.contains(&code), "no {code} among {statuses:?}");
+    }
+    // The set routes, for completeness (they carry nothing of a query).
+    let shard = client
+        .get(format!(
+            "{base}/v1/private/set/shards/0?key_epoch={key_epoch}"
+        ))
+        .bearer_auth(common::credential(&data, "private-set-reader"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shard.status(), 200);
+
+    let metrics = server.metrics(&client).await;
+    assert!(metrics.contains("contact_discovery_private_elements_evaluated_total"));
+    let after_queries = files_under(&data);
+    server.sigterm();
+    let (status, logs) = server.wait_with_output();
+    assert!(status.success(), "{status}");
+    let files = files_under(dir.path());
+
+    // The search can fail: it finds the elements in what was sent.
+    assert!(find_any(&body(Format::Binary, key_epoch), &needles).is_some());
+    assert!(find_any(&body(Format::Json, key_epoch), &needles).is_some());
+    let log_text = String::from_utf8_lossy(&logs);
+    assert!(
+        log_text.contains("/v1/private/evaluate"),
+        "access log lines are there"
+    );
+    assert_eq!(find_any(&logs, &needles), None, "in the logs");
+    assert_eq!(find_any(metrics.as_bytes(), &needles), None, "in /metrics");
+    assert_eq!(find_any(&probe.seen, &needles), None, "in the responses");
+    for (path, bytes) in &files {
+        assert_eq!(find_any(bytes, &needles), None, "in {}", path.display());
+    }
+    assert_eq!(
+        before, after_queries,
+        "private requests changed the data directory"
     );
 }
 

@@ -135,9 +135,19 @@ impl SetParams {
         }
     }
 
+    /// `set_hash` mapped into `[0, range)`: `(set_hash · range) >> 64`.
+    pub fn position(&self, set_hash: u64) -> u64 {
+        ((u128::from(set_hash) * u128::from(self.range)) >> 64) as u64
+    }
+
     /// Where `set_hash` falls.
     pub fn locate(&self, set_hash: u64) -> Located {
-        let value = ((u128::from(set_hash) * u128::from(self.range)) >> 64) as u64;
+        self.split(self.position(set_hash))
+    }
+
+    /// The shard and in-shard value of a [`position`](Self::position).
+    pub fn split(&self, position: u64) -> Located {
+        let value = position;
         let width = self.shard_width().max(1);
         Located {
             shard: u32::try_from(value / width).unwrap_or(u32::MAX),

@@ -20,15 +20,19 @@ use crate::server::api::body::BodyPace;
 use crate::server::api::caller::CredentialCheck;
 use crate::server::api::observe::Routes;
 use crate::server::api::overload::UserInFlight;
+use crate::server::api::private::{PrivateMode, PrivateParts};
 use crate::server::api::state::{Admin, Public};
 use crate::server::api::{
     self, AdminState, AppState, Authenticator, ListenerService, Observe, PublicState, Readiness,
-    SharedState, Shed, admin, public,
+    SharedState, Shed, admin, private, public,
 };
 use crate::server::config::{Settings, Token};
 use crate::server::connection::{self, ConnectionLimits, CutCounter};
 use crate::server::ratelimit::{FingerprintLimiter, Limiter, RateLimitConfigError, SharedLimiter};
 use crate::store::index::MatchIndex;
+use crate::store::private_set::{
+    HistoryLimits, PrivateSet, PrivateSetConfig, PrivateSets, run_publisher,
+};
 use crate::store::registry::{Registry, RegistryError};
 use crate::store::replication::{Replica, ReplicationError};
 use crate::store::rotation::{LiveIndexes, RotationPolicy, Rotator};
@@ -122,6 +126,8 @@ pub struct Application {
     admin: Bound,
     state: SharedState,
     rotator: Rotator<MatchIndex>,
+    /// The private mode's rotator and publisher, when it is served.
+    private: PrivateWork,
     /// The shared registry's follower, run with the service.
     replica: Option<Arc<Replica>>,
     limits: ConnectionLimits,
@@ -171,13 +177,14 @@ impl Application {
             metrics: Arc::clone(&metrics),
             log_client_ip: config.log_client_ip,
         };
-        let readiness = Readiness::new(
+        let private = PrivateWork::new(config, &keys, &registry, &clock, &metrics);
+        let readiness = private.readiness(Readiness::new(
             Arc::clone(&registry),
             replica.clone(),
             Arc::clone(&indexes),
             clock.clone(),
             config.ready_min_registrations,
-        );
+        ));
         let body_pace = BodyPace {
             timeout: config.limits.body_read_timeout,
             min_bytes_per_sec: config.limits.min_body_bytes_per_second,
@@ -193,6 +200,7 @@ impl Application {
             )),
             body_pace,
             max_batch: config.limits.max_batch.get(),
+            private: private.mode(config),
             metrics: Arc::clone(&metrics),
             clock: clock.clone(),
             observe: observe.clone(),
@@ -214,12 +222,13 @@ impl Application {
             readiness,
         });
         let state = Arc::new(AppState { public, admin });
-        let rotator = Rotator::new(indexes, registry, clock, metrics);
+        let rotator = Rotator::hashed(indexes, registry, clock, &metrics, ());
         Ok(Self {
             public: Bound::bind(config.listeners.listen).await?,
             admin: Bound::bind(config.listeners.admin_listen).await?,
             state,
             rotator,
+            private,
             replica,
             limits: config.connections.limits(),
         })
@@ -244,6 +253,9 @@ impl Application {
     /// request; the other live epochs are built right after, while serving.
     pub async fn warm_up(&self) {
         self.rotator.warm_up().await;
+        if let PrivateWork::On { rotator, .. } = &self.private {
+            rotator.warm_up().await;
+        }
     }
 
     /// Serves both listeners until `shutdown` completes, then drains in-flight requests, flushes
@@ -258,6 +270,9 @@ impl Application {
             let _ = stop_tx.send(true);
         });
         let rotation = tokio::spawn(self.rotator.run());
+        let private = self
+            .private
+            .spawn(&self.state.public.clock, &self.state.public.metrics);
         let follower = self.replica.clone().map(|r| tokio::spawn(r.run()));
         let limiter = Arc::clone(&self.state.public.limiter);
         let gc = tokio::spawn(async move {
@@ -285,6 +300,9 @@ impl Application {
         );
         let (public, admin) = tokio::join!(public, admin);
         rotation.abort();
+        for task in private {
+            task.abort();
+        }
         if let Some(follower) = follower {
             follower.abort();
         }
@@ -294,6 +312,101 @@ impl Application {
         }
         crate::safe_info!("stopped");
         public.and(admin)
+    }
+}
+
+/// The private mode's background work: its own rotator over the registry (OPRF key epochs,
+/// sets built ahead by the configured lead) and the publisher that folds registry changes into
+/// the current sets.
+enum PrivateWork {
+    /// `private_mode = false`.
+    Off,
+    /// Served.
+    On {
+        sets: Arc<PrivateSets>,
+        rotator: Rotator<PrivateSet>,
+        publish_interval: Duration,
+    },
+}
+
+impl PrivateWork {
+    fn new(
+        settings: &Settings,
+        keys: &Keys,
+        registry: &Arc<Registry>,
+        clock: &Clock,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let private = &settings.private;
+        if !private.enabled {
+            return PrivateWork::Off;
+        }
+        let policy = RotationPolicy::new(private.key_epoch.schedule(), private.key_grace.as_secs())
+            .with_lead(private.key_lead.as_secs());
+        let sets = Arc::new(PrivateSets::new(policy, keys.secret.clone()));
+        let config = PrivateSetConfig {
+            inverse_fpr: private.inverse_false_positive_rate(),
+            history: HistoryLimits {
+                max_age_secs: private.delta_history.as_secs(),
+                max_values: private.delta_history_max_changes.get(),
+            },
+        };
+        let rotator = Rotator::new(
+            Arc::clone(&sets),
+            Arc::clone(registry),
+            clock.clone(),
+            metrics.private.rotator.clone(),
+            config,
+            "private set",
+        );
+        PrivateWork::On {
+            sets,
+            rotator,
+            publish_interval: private.publish_interval,
+        }
+    }
+
+    /// What the public routes see.
+    fn mode(&self, settings: &Settings) -> PrivateMode {
+        match self {
+            PrivateWork::Off => PrivateMode::Off,
+            PrivateWork::On { sets, .. } => PrivateMode::On(PrivateParts {
+                sets: Arc::clone(sets),
+                max_batch: settings
+                    .private
+                    .max_batch
+                    .get()
+                    .min(settings.limits.rate_limit_burst.get() as usize),
+            }),
+        }
+    }
+
+    /// `readiness`, also waiting for the current set when served.
+    fn readiness(&self, readiness: Readiness) -> Readiness {
+        match self {
+            PrivateWork::Off => readiness,
+            PrivateWork::On { sets, .. } => readiness.with_private(Arc::clone(sets)),
+        }
+    }
+
+    /// Starts the rotator and the publisher; their tasks, to stop at shutdown.
+    fn spawn(self, clock: &Clock, metrics: &Arc<Metrics>) -> Vec<tokio::task::JoinHandle<()>> {
+        match self {
+            PrivateWork::Off => Vec::new(),
+            PrivateWork::On {
+                sets,
+                rotator,
+                publish_interval,
+            } => vec![
+                tokio::spawn(rotator.run()),
+                tokio::spawn(run_publisher(
+                    sets,
+                    clock.clone(),
+                    publish_interval,
+                    Arc::clone(metrics),
+                )),
+            ],
+        }
     }
 }
 
@@ -423,7 +536,11 @@ pub fn public_router(state: &AppState) -> ListenerService {
     let state = state.public.clone();
     let shed = Routes::new()
         .route("/v1/epoch", get(public::get_epoch))
-        .post_direct("/v1/discover", public::discover);
+        .post_direct("/v1/discover", public::discover)
+        .route("/v1/private/evaluate", post(private::evaluate))
+        .route("/v1/private/set", get(private::manifest))
+        .route("/v1/private/set/shards/{index}", get(private::shard))
+        .route("/v1/private/set/delta", get(private::delta));
     let slots = Arc::clone(&state.in_flight);
     with_common_routes(shed, state, "public", Some(slots))
 }

@@ -37,9 +37,17 @@ const CATCH_UP_UNDER_LOCK: usize = 256;
 /// What a protocol mode builds for one epoch from the registry's discoverable numbers, and the
 /// rotation task keeps live: built whole once, then changed in place.
 pub trait EpochArtefact: Send + Sync + Sized + 'static {
+    /// What a build needs besides the keys and the numbers (the private set's target
+    /// false-positive rate; nothing for the match index).
+    type Config: Clone + Send + Sync + 'static;
     /// Builds the artefact for `epoch`; its keys come from `secret` (replicas sharing the secret
     /// build the same artefact without talking). Runs on a blocking thread.
-    fn build(secret: &ServerSecret, epoch: Epoch, numbers: &DiscoverableNumbers) -> Self;
+    fn build(
+        config: &Self::Config,
+        secret: &ServerSecret,
+        epoch: Epoch,
+        numbers: &DiscoverableNumbers,
+    ) -> Result<Self, BuildError>;
     /// Applies `changes` in order, in place, while requests read the artefact. Calls never
     /// overlap (the live set serialises them); each costs work in proportion to the changes.
     fn apply(&self, secret: &ServerSecret, changes: &[Discoverability], base: ChangeBase);
@@ -53,6 +61,37 @@ pub trait EpochArtefact: Send + Sync + Sized + 'static {
     fn worn(&self) -> bool {
         false
     }
+}
+
+/// Why an artefact could not be built (the rotator logs it and tries again on its next pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// The epoch's key could not be derived.
+    #[error("key derivation failed")]
+    Key,
+    /// A number could not be evaluated (no valid E.164 text is refused; a bug).
+    #[error("evaluation failed")]
+    Evaluation,
+    /// A part could not be encoded (a bug).
+    #[error("encoding failed")]
+    Coding,
+}
+
+impl crate::log_safe::LogSafe for BuildError {}
+
+/// The gauges and histogram one mode's rotator keeps current (each mode has its own names).
+#[derive(Clone)]
+pub struct RotatorMetrics {
+    /// Seconds per build.
+    pub build_seconds: prometheus::Histogram,
+    /// The current epoch number.
+    pub current_epoch: prometheus::IntGauge,
+    /// 1 once the current epoch's artefact is built.
+    pub ready: prometheus::IntGauge,
+    /// Entries in the current epoch's artefact.
+    pub entries: prometheus::IntGauge,
+    /// Artefacts alive.
+    pub live: prometheus::IntGauge,
 }
 
 /// How the changes given to an artefact relate to what it holds.
@@ -159,6 +198,15 @@ impl RotationPolicy {
             schedule,
             grace_secs: grace_secs.min(len),
             lead_secs: (len / 4).clamp(1, 15 * 60),
+        }
+    }
+
+    /// The same policy with its artefacts built `lead_secs` ahead (clamped to one epoch): the
+    /// private set's build takes minutes at scale, and its key epochs are long.
+    pub fn with_lead(self, lead_secs: u64) -> Self {
+        Self {
+            lead_secs: lead_secs.clamp(1, self.schedule.length_secs()),
+            ..self
         }
     }
 
@@ -380,7 +428,10 @@ pub struct Rotator<A: EpochArtefact> {
     indexes: Arc<LiveIndexes<A>>,
     registry: Arc<Registry>,
     clock: Clock,
-    metrics: Arc<Metrics>,
+    metrics: RotatorMetrics,
+    config: A::Config,
+    /// What the log lines call the artefact ("match index", "private set").
+    name: &'static str,
 }
 
 impl<A: EpochArtefact> Rotator<A> {
@@ -389,7 +440,9 @@ impl<A: EpochArtefact> Rotator<A> {
         indexes: Arc<LiveIndexes<A>>,
         registry: Arc<Registry>,
         clock: Clock,
-        metrics: Arc<Metrics>,
+        metrics: RotatorMetrics,
+        config: A::Config,
+        name: &'static str,
     ) -> Self {
         registry.subscribe(Arc::clone(&indexes) as Arc<dyn ChangeSink>);
         Self {
@@ -397,7 +450,27 @@ impl<A: EpochArtefact> Rotator<A> {
             registry,
             clock,
             metrics,
+            config,
+            name,
         }
+    }
+
+    /// The hashed mode's rotator: match indexes, with the `index_*` gauges.
+    pub fn hashed(
+        indexes: Arc<LiveIndexes<A>>,
+        registry: Arc<Registry>,
+        clock: Clock,
+        metrics: &Metrics,
+        config: A::Config,
+    ) -> Self {
+        Self::new(
+            indexes,
+            registry,
+            clock,
+            metrics.hashed_rotator(),
+            config,
+            "match index",
+        )
     }
 
     /// Runs until the task is dropped: builds what is missing, retires what is past.
@@ -463,31 +536,34 @@ impl<A: EpochArtefact> Rotator<A> {
         let (numbers, built_at, build) = match opened {
             Ok(opened) => opened,
             Err(err) => {
-                crate::safe_error!("match index build failed", error = err);
+                crate::safe_error!("build failed", artefact = self.name, error = err);
                 return;
             }
         };
         let secret = self.indexes.secret.clone();
+        let config = self.config.clone();
         let built = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let index = A::build(&secret, epoch, &numbers);
+            let index = A::build(&config, &secret, epoch, &numbers);
             // The registry may fold its vector again once no build reads it.
             drop(numbers);
-            build.install(index, built_at, started.elapsed().as_secs_f64())
+            index.map(|index| build.install(index, built_at, started.elapsed().as_secs_f64()))
         })
         .await;
         match built {
-            Ok(live) => {
-                self.metrics.index_build_seconds.observe(live.build_seconds);
+            Ok(Ok(live)) => {
+                self.metrics.build_seconds.observe(live.build_seconds);
                 crate::safe_info!(
-                    "match index built",
+                    "built",
+                    artefact = self.name,
                     epoch = epoch.0,
                     entries = live.index.entries(),
                     built_at_local_sequence = live.built_at,
                     seconds = live.build_seconds,
                 );
             }
-            Err(err) => crate::safe_error!("match index build failed", error = err),
+            Ok(Err(err)) => crate::safe_error!("build failed", artefact = self.name, error = err),
+            Err(err) => crate::safe_error!("build failed", artefact = self.name, error = err),
         }
     }
 
@@ -498,13 +574,13 @@ impl<A: EpochArtefact> Rotator<A> {
             .ready
             .set(i64::from(self.indexes.is_ready(now)));
         let snapshot = self.indexes.snapshot();
-        self.metrics.index_entries.set(
+        self.metrics.entries.set(
             snapshot
                 .iter()
                 .find(|(e, _)| *e == current)
                 .map_or(0, |(_, l)| l.index.entries() as i64),
         );
-        self.metrics.live_indexes.set(snapshot.len() as i64);
+        self.metrics.live.set(snapshot.len() as i64);
     }
 }
 
@@ -575,7 +651,13 @@ mod tests {
         let indexes = Arc::new(LiveIndexes::<MatchIndex>::new(p, secret.clone()));
         let clock = Clock::manual(1_010);
         let metrics = Arc::new(Metrics::new().unwrap());
-        let rotator = Rotator::new(Arc::clone(&indexes), Arc::clone(&registry), clock, metrics);
+        let rotator = Rotator::hashed(
+            Arc::clone(&indexes),
+            Arc::clone(&registry),
+            clock,
+            &metrics,
+            (),
+        );
         rotator.step().await;
         let first = indexes.snapshot()[0].1.clone();
         // Built empty: one bucket and no overflow table, so inserts past its twelve slots go to
@@ -684,7 +766,7 @@ mod tests {
                             if !building.is_empty() {
                                 let (numbers, at, build) = building.remove(k % building.len());
                                 if succeeds {
-                                    let index = <MatchIndex as EpochArtefact>::build(&secret, build.epoch, &numbers);
+                                    let index = <MatchIndex as EpochArtefact>::build(&(), &secret, build.epoch, &numbers).unwrap();
                                     drop(numbers);
                                     build.install(index, at, 0.0);
                                 }

@@ -6,8 +6,10 @@ use std::collections::BTreeSet;
 use std::num::NonZero;
 use std::time::Duration;
 
-use contact_discovery::domain::UserId;
-use contact_discovery::protocol::{self, Format};
+use contact_discovery::domain::oprf::{self, BlindedElement};
+use contact_discovery::domain::{E164, UserId};
+use contact_discovery::protocol::private_set::SetManifest;
+use contact_discovery::protocol::{self, Format, evaluate};
 use contact_discovery::server::api::ApiError;
 
 use crate::helpers::{ADMIN_TOKEN, RawResponse, TestApp, fingerprints, raw_http, spawn_app_with};
@@ -94,10 +96,73 @@ async fn send(
     (status, headers, response.bytes().await.unwrap().to_vec())
 }
 
+/// What requests to the private routes name: the current key epoch and a version of the set
+/// older than the current one (so a delta from it exists).
+struct PrivateContext {
+    key_epoch: u64,
+    old_version: String,
+}
+
+impl PrivateContext {
+    /// The path with a valid query for `path` (a template for the shard route).
+    fn concrete(&self, path: &str) -> String {
+        let k = self.key_epoch;
+        match path {
+            "/v1/private/set/shards/{index}" => format!("/v1/private/set/shards/0?key_epoch={k}"),
+            "/v1/private/set/delta" => {
+                format!(
+                    "/v1/private/set/delta?key_epoch={k}&since={}",
+                    self.old_version
+                )
+            }
+            other => other.to_owned(),
+        }
+    }
+}
+
+async fn manifest(app: &TestApp) -> SetManifest {
+    let auth = format!("Bearer {}", app.credential("manifest"));
+    let response = app
+        .client
+        .get(app.url("/v1/private/set"))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// `n` blinded copies of the registered number, as an evaluation body for `key_epoch`.
+fn blinded_body(key_epoch: u64, n: usize) -> Vec<u8> {
+    let number = E164::parse(REGISTERED).unwrap();
+    let elements: Vec<BlindedElement> = (0..n).map(|_| oprf::blind(number).unwrap().1).collect();
+    evaluate::encode_evaluate(Format::Binary, key_epoch, &elements)
+}
+
 /// A request to `path` that should succeed (or at least be routed), as documented.
-async fn valid_request(app: &TestApp, method: &str, path: &str) -> RawResponse {
+async fn valid_request(
+    app: &TestApp,
+    private: &PrivateContext,
+    method: &str,
+    path: &str,
+) -> RawResponse {
     let admin = ("authorization", format!("Bearer {ADMIN_TOKEN}"));
+    let user = || {
+        (
+            "authorization",
+            format!("Bearer {}", app.credential("route-check")),
+        )
+    };
     match path {
+        "/v1/private/evaluate" => {
+            let ct = ("content-type", Format::Binary.content_type().to_owned());
+            let body = blinded_body(private.key_epoch, 1);
+            send(app, method, path, &[user(), ct], body).await
+        }
+        p if p.starts_with("/v1/private/") => {
+            send(app, method, &private.concrete(p), &[user()], Vec::new()).await
+        }
         "/v1/discover" => {
             let (epoch, salt) = app.epoch().await;
             let body = protocol::encode_request(
@@ -120,8 +185,147 @@ async fn valid_request(app: &TestApp, method: &str, path: &str) -> RawResponse {
     }
 }
 
+/// A request to a private route that should fail with `code`, or `None` if not crafted here.
+async fn crafted_private(
+    app: &TestApp,
+    private: &PrivateContext,
+    method: &str,
+    path: &str,
+    code: &str,
+) -> Option<RawResponse> {
+    let user = |name: &str| ("authorization", format!("Bearer {}", app.credential(name)));
+    let binary = || ("content-type", "application/octet-stream".to_owned());
+    let k = private.key_epoch;
+    let max_batch = app.config.private.max_batch.get();
+    let evaluate = path == "/v1/private/evaluate";
+    // The same valid request with other headers.
+    let with = |headers: Vec<(&'static str, String)>| {
+        let mut headers = headers;
+        let body = if evaluate {
+            headers.push(binary());
+            blinded_body(k, 1)
+        } else {
+            Vec::new()
+        };
+        (headers, body)
+    };
+    let response = match (evaluate, code) {
+        (_, "missing_credential") => {
+            let (h, b) = with(vec![]);
+            send(app, method, &private.concrete(path), &h, b).await
+        }
+        (_, "invalid_credential") => {
+            let (h, b) = with(vec![("authorization", "Bearer alice.1.AAAA".to_owned())]);
+            send(app, method, &private.concrete(path), &h, b).await
+        }
+        (_, "expired_credential") => {
+            let past = app.clock.now_secs() - 10;
+            let token = app
+                .credential_key
+                .mint(&UserId::parse("late").unwrap(), past);
+            let (h, b) = with(vec![("authorization", format!("Bearer {token}"))]);
+            send(app, method, &private.concrete(path), &h, b).await
+        }
+        (true, "key_epoch_unavailable") => {
+            send(
+                app,
+                method,
+                path,
+                &[user("old"), binary()],
+                blinded_body(k + 5, 1),
+            )
+            .await
+        }
+        (false, "key_epoch_unavailable") => {
+            let url = private
+                .concrete(path)
+                .replace(&format!("key_epoch={k}"), "key_epoch=5");
+            let url = if url.contains('?') {
+                url
+            } else {
+                format!("{url}?key_epoch=5")
+            };
+            send(app, method, &url, &[user("old")], Vec::new()).await
+        }
+        (false, "invalid_query") => {
+            let url = private.concrete(path);
+            let url = format!("{url}{}bogus=1", if url.contains('?') { "&" } else { "?" });
+            send(app, method, &url, &[user("q")], Vec::new()).await
+        }
+        (false, "unknown_shard") => {
+            let url = format!("/v1/private/set/shards/99?key_epoch={k}");
+            send(app, method, &url, &[user("s")], Vec::new()).await
+        }
+        (false, "delta_unavailable") => {
+            let url = format!(
+                "/v1/private/set/delta?key_epoch={k}&since={}",
+                "0".repeat(32)
+            );
+            send(app, method, &url, &[user("d")], Vec::new()).await
+        }
+        (true, "malformed_body") => {
+            let json = ("content-type", "application/json".to_owned());
+            send(app, method, path, &[user("m"), json], b"not json".to_vec()).await
+        }
+        (true, "batch_too_large") => {
+            send(
+                app,
+                method,
+                path,
+                &[user("big"), binary()],
+                blinded_body(k, max_batch + 1),
+            )
+            .await
+        }
+        (true, "body_too_large") => {
+            send(
+                app,
+                method,
+                path,
+                &[user("huge"), binary()],
+                blinded_body(k, max_batch * 3),
+            )
+            .await
+        }
+        (true, "unsupported_content_type") => {
+            let text = ("content-type", "text/plain".to_owned());
+            send(app, method, path, &[user("t"), text], blinded_body(k, 1)).await
+        }
+        (true, "invalid_element_length") => {
+            let mut body = blinded_body(k, 1);
+            body.push(0);
+            send(app, method, path, &[user("short"), binary()], body).await
+        }
+        (true, "invalid_element") => {
+            let mut body = blinded_body(k, 1);
+            body[8..].fill(0); // the identity
+            send(app, method, path, &[user("bad-element"), binary()], body).await
+        }
+        (true, "rate_limited") => {
+            let mut last = None;
+            for _ in 0..=(app.config.limits.rate_limit_burst.get() as usize / max_batch) {
+                let body = blinded_body(k, max_batch);
+                last =
+                    Some(send(app, method, path, &[user("greedy-private"), binary()], body).await);
+            }
+            last.unwrap()
+        }
+        _ => return None,
+    };
+    Some(response)
+}
+
 /// A request to `method path` that should fail with `code`, or `None` if not crafted here.
-async fn crafted(app: &TestApp, method: &str, path: &str, code: &str) -> Option<RawResponse> {
+async fn crafted(
+    app: &TestApp,
+    private: &PrivateContext,
+    method: &str,
+    path: &str,
+    code: &str,
+) -> Option<RawResponse> {
+    if path.starts_with("/v1/private/") && !matches!(code, "method_not_allowed" | "body_timeout") {
+        return crafted_private(app, private, method, path, code).await;
+    }
     let admin = || ("authorization", format!("Bearer {ADMIN_TOKEN}"));
     let json = || ("content-type", "application/json".to_owned());
     let binary = || ("content-type", "application/octet-stream".to_owned());
@@ -292,15 +496,34 @@ async fn every_documented_route_exists_and_produces_its_documented_error_codes()
         c.limits.max_batch = NonZero::new(4).unwrap();
         c.limits.rate_limit_burst = NonZero::new(8).unwrap();
         c.limits.body_read_timeout = Duration::from_millis(300);
+        c.private.max_batch = NonZero::new(4).unwrap();
+        c.private.publish_interval = Duration::from_millis(50);
     })
     .await;
+    let old_version = manifest(&app).await.version;
     app.change(&[REGISTERED], &[], &[]).await;
+    let published = async {
+        loop {
+            let now = manifest(&app).await;
+            if now.version != old_version {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let now = tokio::time::timeout(Duration::from_secs(10), published)
+        .await
+        .expect("the change is published into the private set");
+    let private = PrivateContext {
+        key_epoch: now.key_epoch,
+        old_version,
+    };
     let spec = spec();
     let ops = operations(&spec);
-    assert!(ops.len() >= 7, "{} operations", ops.len());
+    assert!(ops.len() >= 11, "{} operations", ops.len());
     let mut not_crafted = BTreeSet::new();
     for (path, method, codes, statuses) in &ops {
-        let (status, _, body) = valid_request(&app, method, path).await;
+        let (status, _, body) = valid_request(&app, &private, method, path).await;
         assert!(
             status == 200,
             "{method} {path}: {status} {}",
@@ -311,7 +534,7 @@ async fn every_documented_route_exists_and_produces_its_documented_error_codes()
                 ApiError::CODES.contains(&code.as_str()),
                 "{code} is not an ApiError code"
             );
-            let Some((status, _, body)) = crafted(&app, method, path, code).await else {
+            let Some((status, _, body)) = crafted(&app, &private, method, path, code).await else {
                 let covered = NOT_CRAFTED.iter().any(|(c, _)| c == code)
                     || (code == "internal" && !cfg!(feature = "test-hooks"));
                 assert!(covered, "{method} {path}: no crafted request for {code}");

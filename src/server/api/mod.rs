@@ -1,4 +1,4 @@
-//! The HTTP API: the public listener (epoch, discover, health) and the admin listener
+//! The HTTP API: the public listener (epoch, discover, the private mode, health) and the admin listener
 //! (registrations, stats, metrics), with the middleware both share.
 
 pub mod admin;
@@ -7,6 +7,7 @@ pub mod caller;
 pub mod error;
 pub mod observe;
 pub mod overload;
+pub mod private;
 pub mod public;
 pub mod state;
 

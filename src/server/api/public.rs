@@ -142,7 +142,7 @@ fn up_front_cost(format: Format, declared: Option<usize>, max_batch: usize) -> u
 
 /// Takes `n` fingerprints from `user`'s budget (shared across replicas when configured), or
 /// refuses with `429 rate_limited`.
-async fn charge(state: &PublicState, user: &UserId, n: usize) -> Result<(), ApiError> {
+pub(super) async fn charge(state: &PublicState, user: &UserId, n: usize) -> Result<(), ApiError> {
     state.limiter.check(user, n).await.map_err(|limited| {
         state.metrics.rate_limited.inc();
         ApiError::RateLimited {
@@ -152,8 +152,7 @@ async fn charge(state: &PublicState, user: &UserId, n: usize) -> Result<(), ApiE
 }
 
 /// Charges a refused body the fingerprints its `bytes` stand for, beyond what was charged up
-/// front; at most a batch. The answer is already a refusal, so a spent budget changes nothing
-/// now: it refuses the caller's next request before its body is read.
+/// front; at most a batch.
 async fn charge_refused(
     state: &PublicState,
     user: &UserId,
@@ -166,7 +165,19 @@ async fn charge_refused(
         // 11 base64url characters and two quotes: the least a JSON fingerprint takes.
         Format::Json => 13,
     };
-    let cost = (bytes / per_fingerprint).min(state.max_batch);
+    charge_owed(
+        state,
+        user,
+        (bytes / per_fingerprint).min(state.max_batch),
+        paid,
+    )
+    .await;
+}
+
+/// Charges what a refused request owes: `cost` units beyond the `paid` ones. The answer is
+/// already a refusal, so a spent budget changes nothing now: it refuses the caller's next
+/// request before its body is read.
+pub(super) async fn charge_owed(state: &PublicState, user: &UserId, cost: usize, paid: usize) {
     // The limiter takes all or nothing; a cost larger than what is left takes what is left,
     // in halving steps.
     let mut owed = cost.saturating_sub(paid);

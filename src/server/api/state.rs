@@ -12,11 +12,13 @@ use axum::extract::FromRef;
 use super::body::BodyPace;
 use super::caller::Authenticator;
 use super::overload::UserInFlight;
+use super::private::PrivateMode;
 use crate::clock::Clock;
 use crate::domain::ServerSecret;
 use crate::metrics::Metrics;
 use crate::server::ratelimit::Limiter;
 use crate::store::index::MatchIndex;
+use crate::store::private_set::PrivateSets;
 use crate::store::registry::Registry;
 use crate::store::replication::Replica;
 use crate::store::rotation::LiveIndexes;
@@ -47,6 +49,9 @@ pub struct Public {
     pub body_pace: BodyPace,
     /// Most fingerprints per request.
     pub max_batch: usize,
+    /// The private mode, if served (its routes take it through the
+    /// [`Private`](super::private::Private) extractor).
+    pub private: PrivateMode,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Time.
@@ -135,13 +140,16 @@ pub struct Readiness {
     registry: Arc<Registry>,
     replica: Option<Arc<Replica>>,
     indexes: Arc<HashedIndexes>,
+    /// The private sets, when the private mode is served.
+    private: Option<Arc<PrivateSets>>,
     clock: Clock,
     min_registrations: u64,
 }
 
 impl Readiness {
     /// Ready once the registry holds `min_registrations` numbers, the shared stream (if any) is
-    /// caught up, and the current epoch's index is built.
+    /// caught up, and the current epoch's index (and, when the private mode is served, the
+    /// current key epoch's set) is built.
     pub fn new(
         registry: Arc<Registry>,
         replica: Option<Arc<Replica>>,
@@ -153,8 +161,17 @@ impl Readiness {
             registry,
             replica,
             indexes,
+            private: None,
             clock,
             min_registrations,
+        }
+    }
+
+    /// The same, also waiting for the private mode's current set.
+    pub fn with_private(self, sets: Arc<PrivateSets>) -> Self {
+        Self {
+            private: Some(sets),
+            ..self
         }
     }
 
@@ -163,7 +180,10 @@ impl Readiness {
         let counts = self.registry.counts();
         let registry_loaded = counts.discoverable + counts.hidden >= self.min_registrations
             && self.replica.as_ref().is_none_or(|r| r.synced());
-        registry_loaded && self.indexes.is_ready(self.clock.now_secs())
+        let now = self.clock.now_secs();
+        registry_loaded
+            && self.indexes.is_ready(now)
+            && self.private.as_ref().is_none_or(|sets| sets.is_ready(now))
     }
 }
 

@@ -37,6 +37,8 @@ pub struct ServeArgs {
     pub connections: ConnectionArgs,
     #[command(flatten)]
     pub replication: ReplicationArgs,
+    #[command(flatten)]
+    pub private: PrivateArgs,
 }
 
 /// Settings of the process as a whole (the file's top level).
@@ -125,6 +127,40 @@ pub struct EpochArgs {
     /// Seconds the previous epoch is still answered after a rotation [default: 3600].
     #[arg(long, env = "CONTACT_DISCOVERY_EPOCH_GRACE_SECONDS")]
     pub epoch_grace_seconds: Option<u64>,
+}
+
+/// `[private]`: the private mode.
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+#[command(next_help_heading = "Private mode ([private])")]
+pub struct PrivateArgs {
+    /// Serve the private mode (/v1/private/*) [default: true].
+    #[arg(long, env = "CONTACT_DISCOVERY_PRIVATE_MODE", num_args = 0..=1, default_missing_value = "true")]
+    pub private_mode: Option<bool>,
+    /// OPRF key epoch in seconds, at least 60 [default: 31536000, a year].
+    #[arg(long, env = "CONTACT_DISCOVERY_PRIVATE_KEY_EPOCH_SECONDS")]
+    pub private_key_epoch_seconds: Option<u64>,
+    /// Seconds the previous key is still served after a key change [default: 86400].
+    #[arg(long, env = "CONTACT_DISCOVERY_PRIVATE_KEY_GRACE_SECONDS")]
+    pub private_key_grace_seconds: Option<u64>,
+    /// Seconds before a key epoch starts that its set is built [default: 86400].
+    #[arg(long, env = "CONTACT_DISCOVERY_PRIVATE_KEY_LEAD_SECONDS")]
+    pub private_key_lead_seconds: Option<u64>,
+    /// Chance that one unregistered contact matches the set [default: 1e-6].
+    #[arg(long, env = "CONTACT_DISCOVERY_PRIVATE_FALSE_POSITIVE_RATE")]
+    pub private_false_positive_rate: Option<f64>,
+    /// Milliseconds between publications of registry changes into the set [default: 5000].
+    #[arg(long, env = "CONTACT_DISCOVERY_PRIVATE_PUBLISH_INTERVAL_MS")]
+    pub private_publish_interval_ms: Option<u64>,
+    /// Most elements per evaluation request [default: 4096].
+    #[arg(long, env = "CONTACT_DISCOVERY_PRIVATE_MAX_BATCH")]
+    pub private_max_batch: Option<NonZeroUsize>,
+    /// Seconds published changes are kept for deltas [default: 691200].
+    #[arg(long, env = "CONTACT_DISCOVERY_PRIVATE_DELTA_HISTORY_SECONDS")]
+    pub private_delta_history_seconds: Option<u64>,
+    /// Most changed values kept for deltas [default: 4000000].
+    #[arg(long, env = "CONTACT_DISCOVERY_PRIVATE_DELTA_HISTORY_MAX_CHANGES")]
+    pub private_delta_history_max_changes: Option<NonZeroUsize>,
 }
 
 /// `[limits]`: what one request, one user and the public listener may take.

@@ -60,6 +60,8 @@ pub struct Config {
     pub connections: Connections,
     /// State shared by every replica through Redis.
     pub replication: Replication,
+    /// The private mode (OPRF plus a downloaded set).
+    pub private: Private,
 }
 
 impl Default for Config {
@@ -78,6 +80,7 @@ impl Default for Config {
             limits: Limits::default(),
             connections: Connections::default(),
             replication: Replication::default(),
+            private: Private::default(),
         }
     }
 }
@@ -164,6 +167,71 @@ impl Default for Epochs {
             length: EpochLength(const { NonZeroU64::new(86_400).unwrap() }),
             grace: Duration::from_secs(3_600),
         }
+    }
+}
+
+/// `[private]`: the private mode's key schedule, its set and its evaluations.
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Private {
+    /// Serve the private mode (`/v1/private/*`). Its set is built in the background at start
+    /// (about 25 µs per registered number per core), so `/readyz` does not wait for it.
+    #[serde(rename = "private_mode")]
+    pub enabled: bool,
+    /// OPRF key epoch length. Long, because a new key means every client downloads the whole
+    /// set and evaluates every contact again.
+    #[serde(rename = "private_key_epoch_seconds")]
+    pub key_epoch: EpochLength,
+    /// How long after a key change the previous key is still served (clamped to one key epoch).
+    #[serde(rename = "private_key_grace_seconds")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub key_grace: Duration,
+    /// How long before a key epoch starts its set is built and served.
+    #[serde(rename = "private_key_lead_seconds")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub key_lead: Duration,
+    /// The chance that one unregistered contact matches the set (the set's size follows it:
+    /// about 2.7 bytes per registered number at 1e-6, 3.9 at 1e-9).
+    #[serde(rename = "private_false_positive_rate")]
+    pub false_positive_rate: f64,
+    /// How often registry changes are folded into the published set (and its deltas).
+    #[serde(rename = "private_publish_interval_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub publish_interval: Duration,
+    /// Most elements per evaluation request (each costs the server about 25 µs); at most
+    /// `rate_limit_burst` is used, so a full batch can always pass.
+    #[serde(rename = "private_max_batch")]
+    pub max_batch: NonZeroUsize,
+    /// How long published changes are kept for deltas.
+    #[serde(rename = "private_delta_history_seconds")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub delta_history: Duration,
+    /// Most changed values kept for deltas (8 bytes each); older ones are dropped first.
+    #[serde(rename = "private_delta_history_max_changes")]
+    pub delta_history_max_changes: NonZeroUsize,
+}
+
+impl Default for Private {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            key_epoch: EpochLength(const { NonZeroU64::new(365 * 86_400).unwrap() }),
+            key_grace: Duration::from_secs(86_400),
+            key_lead: Duration::from_secs(86_400),
+            false_positive_rate: 1e-6,
+            publish_interval: Duration::from_secs(5),
+            max_batch: const { NonZeroUsize::new(4_096).unwrap() },
+            delta_history: Duration::from_secs(8 * 86_400),
+            delta_history_max_changes: const { NonZeroUsize::new(4_000_000).unwrap() },
+        }
+    }
+}
+
+impl Private {
+    /// `1 / false_positive_rate`, what the set is sized by.
+    pub fn inverse_false_positive_rate(&self) -> u64 {
+        (1.0 / self.false_positive_rate).round() as u64
     }
 }
 
@@ -400,6 +468,13 @@ impl TryFrom<Config> for Settings {
             return invalid(
                 "max_batch must not exceed rate_limit_burst, or a full batch could never pass",
             );
+        }
+        let private = &config.private;
+        if !(1e-12..=1e-2).contains(&private.false_positive_rate) {
+            return invalid("private_false_positive_rate must be between 1e-12 and 0.01");
+        }
+        if private.publish_interval.is_zero() {
+            return invalid("private_publish_interval_ms must be positive");
         }
         if config.auth.max_credential_ttl.is_zero() {
             return invalid("max_credential_ttl_seconds must be positive");

@@ -40,7 +40,7 @@ use rayon::prelude::*;
 
 use crate::domain::{E164, Epoch, Fingerprint, Salt, ServerSecret};
 use crate::store::registry::{Discoverability, DiscoverableNumbers};
-use crate::store::rotation::{ChangeBase, EpochArtefact};
+use crate::store::rotation::{BuildError, ChangeBase, EpochArtefact};
 use bucket::{Probe, Table, tag_of};
 
 /// Average keys per bucket the tables are sized for: 64 / 7.5 ≈ 8.5 bytes per key, and about
@@ -71,8 +71,19 @@ pub struct MatchIndex {
 /// The hashed mode's per-epoch artefact: fingerprints of every discoverable number under the
 /// epoch's salt.
 impl EpochArtefact for MatchIndex {
-    fn build(secret: &ServerSecret, epoch: Epoch, numbers: &DiscoverableNumbers) -> Self {
-        Self::build_from_digits(epoch, &secret.salt(epoch), numbers.as_digits())
+    type Config = ();
+
+    fn build(
+        _: &(),
+        secret: &ServerSecret,
+        epoch: Epoch,
+        numbers: &DiscoverableNumbers,
+    ) -> Result<Self, BuildError> {
+        Ok(Self::build_from_digits(
+            epoch,
+            &secret.salt(epoch),
+            numbers.as_digits(),
+        ))
     }
 
     fn apply(&self, secret: &ServerSecret, changes: &[Discoverability], base: ChangeBase) {
