@@ -710,6 +710,24 @@ async fn both_modes_agree_and_the_cache_keeps_a_rerun_to_a_conditional_manifest(
     assert_eq!(stat(&said, "downloaded_bytes"), 0, "{said}");
     assert_eq!(stat(&said, "manifest_not_modified"), 1, "{said}");
 
+    // The hashed mode keeps nothing, so a cache there is a mistake worth saying.
+    let out = Command::new(BIN)
+        .args(["discover", "--server", &format!("http://{}", server.public)])
+        .args([
+            "--credential",
+            &token,
+            "--region",
+            "DE",
+            "--cache",
+            cache_arg,
+            "--contacts",
+        ])
+        .arg(example_book())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cache is for --mode private"));
+
     // A damaged cache is reported and replaced; the run still answers.
     let mut bytes = std::fs::read(&cache).unwrap();
     let last = bytes.len() - 1;

@@ -76,6 +76,9 @@ pub enum ClientError {
     /// A blinding or finalising step failed (an evaluated element the client cannot use).
     #[error("OPRF step failed: {0}")]
     Oprf(#[from] crate::domain::oprf::OprfError),
+    /// The set manifest is not the documented JSON object.
+    #[error("the server's set manifest is not the documented JSON object")]
+    ManifestShape,
     /// The set changed on the server at every attempt to sync it.
     #[error("the server's private set kept changing while it was downloaded; try again")]
     SetKeptChanging,

@@ -158,7 +158,7 @@ impl Client {
                 stats.manifest_bytes += body.len() as u64;
                 serde_json::from_slice(&body)
                     .map(Fetched::Body)
-                    .map_err(|_| SetError::Params.into())
+                    .map_err(|_| ClientError::ManifestShape)
             }
             304 => {
                 stats.manifests_not_modified += 1;
