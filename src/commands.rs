@@ -216,6 +216,20 @@ pub struct DiscoverArgs {
     pub json: bool,
     /// Per-request timeout.
     pub timeout: std::time::Duration,
+    /// Hashed (salted fingerprints) or private (OPRF and a downloaded set).
+    pub mode: DiscoverMode,
+    /// The private mode's cache file (`--cache`): the set and the numbers' set hashes.
+    pub cache: Option<PathBuf>,
+}
+
+/// How `discover` asks the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiscoverMode {
+    /// Upload salted fingerprints of the numbers (`POST /v1/discover`).
+    Hashed,
+    /// Upload nothing about a number: blinded OPRF elements, matched against the registered
+    /// set, downloaded (`/v1/private/...`).
+    Private,
 }
 
 /// `discover`: reads an address book, asks the server which contacts are registered, and
@@ -236,11 +250,78 @@ pub async fn discover(
     config.format = args.format;
     config.timeout = args.timeout;
     let client = Client::new(config).map_err(|e| CommandError::Refused(e.to_string()))?;
-    let (registered, _) = client
-        .discover(book.numbers())
+    let registered = match args.mode {
+        DiscoverMode::Hashed => {
+            if args.cache.is_some() {
+                return Err(CommandError::Refused(
+                    "--cache is for --mode private (the hashed mode keeps nothing)".to_owned(),
+                ));
+            }
+            client
+                .discover(book.numbers())
+                .await
+                .map_err(|e| CommandError::Refused(e.to_string()))?
+                .0
+        }
+        DiscoverMode::Private => {
+            discover_private(&client, book.numbers(), args.cache.as_deref()).await?
+        }
+    };
+    Ok(DiscoveryReport::new(&contacts, &book, &registered))
+}
+
+/// The private mode of `discover`: loads the cache file if given (a damaged or unreadable one
+/// is reported and replaced, never fatal: it only saves work), runs, says on stderr what was
+/// evaluated and downloaded, and writes the cache back.
+async fn discover_private(
+    client: &crate::client::Client,
+    numbers: &[E164],
+    cache_path: Option<&Path>,
+) -> Result<Vec<bool>, CommandError> {
+    use crate::client::private::{PrivateCache, read_cache, write_cache};
+
+    let mut cache = match cache_path.map(read_cache) {
+        None | Some(Ok(None)) => PrivateCache::default(),
+        Some(Ok(Some(cache))) => cache,
+        Some(Err(err)) => {
+            if let Some(path) = cache_path {
+                eprintln!(
+                    "warning: cache {} refused ({err}); starting afresh",
+                    path.display()
+                );
+            }
+            PrivateCache::default()
+        }
+    };
+    let outcome = client
+        .discover_private(numbers, &mut cache)
         .await
         .map_err(|e| CommandError::Refused(e.to_string()))?;
-    Ok(DiscoveryReport::new(&contacts, &book, &registered))
+    let s = &outcome.stats;
+    eprintln!(
+        "private mode (key epoch {}): evaluated={} from_cache={} downloaded_bytes={} manifest_bytes={} shard_bytes={} delta_bytes={} shards_downloaded={} shards_from_delta={} manifest_not_modified={}",
+        outcome.key_epoch,
+        s.evaluated,
+        s.from_cache,
+        s.sync.total_bytes(),
+        s.sync.manifest_bytes,
+        s.sync.shard_bytes,
+        s.sync.delta_bytes,
+        s.sync.shards_downloaded,
+        s.sync.shards_from_delta,
+        s.sync.manifests_not_modified,
+    );
+    if let Some(path) = cache_path {
+        // The answer stands without the cache; a cache that cannot be written costs the next
+        // run a full download, which the user is told about.
+        if let Err(err) = write_cache(path, &cache) {
+            eprintln!(
+                "warning: could not write the cache {}: {err}",
+                path.display()
+            );
+        }
+    }
+    Ok(outcome.registered)
 }
 
 /// The normaliser `discover` reads national numbers with: `--region` if given, else the

@@ -116,6 +116,14 @@ enum Command {
         /// Timeout per request, e.g. 30s.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// hashed: upload salted fingerprints; private: upload only blinded elements and match
+        /// against the registered set, downloaded.
+        #[arg(long, value_enum, default_value = "hashed")]
+        mode: commands::DiscoverMode,
+        /// Private mode: keep the set and the contacts' set hashes in FILE (0600), so the next
+        /// run evaluates only new contacts and downloads only changes.
+        #[arg(long, value_name = "FILE")]
+        cache: Option<PathBuf>,
     },
 }
 
@@ -181,6 +189,8 @@ fn main() -> ExitCode {
             json,
             encoding,
             timeout,
+            mode,
+            cache,
         } => commands::discover_and_print(&commands::DiscoverArgs {
             server,
             credential,
@@ -190,6 +200,8 @@ fn main() -> ExitCode {
             format: encoding,
             json,
             timeout,
+            mode,
+            cache,
         }),
         Command::Audit {
             seconds,

@@ -3,6 +3,7 @@
 
 pub mod addressbook;
 pub mod normalise;
+pub mod private;
 pub mod report;
 pub mod service;
 

@@ -61,6 +61,27 @@ pub enum ClientError {
     /// Rate limits would take longer to wait out than allowed.
     #[error("rate limited for longer than the allowed wait ({0:?})")]
     RateLimitedTooLong(Duration),
+    /// An answer larger than anything the protocol can need: refused before it is read whole,
+    /// so a hostile server cannot make the client allocate without bound.
+    #[error("the server's {what} is larger than the {limit} bytes it can need")]
+    TooLarge {
+        /// Which answer.
+        what: &'static str,
+        /// The most this answer may hold.
+        limit: u64,
+    },
+    /// The private mode's set (manifest, shard or delta) was refused.
+    #[error("the server's private set was refused: {0}")]
+    Set(#[from] crate::protocol::private_set::SetError),
+    /// A blinding or finalising step failed (an evaluated element the client cannot use).
+    #[error("OPRF step failed: {0}")]
+    Oprf(#[from] crate::domain::oprf::OprfError),
+    /// The set manifest is not the documented JSON object.
+    #[error("the server's set manifest is not the documented JSON object")]
+    ManifestShape,
+    /// The set changed on the server at every attempt to sync it.
+    #[error("the server's private set kept changing while it was downloaded; try again")]
+    SetKeptChanging,
 }
 
 /// Progress of a discovery run, reported after each batch.
@@ -94,8 +115,8 @@ struct Epoch {
 
 /// A discovery client. Reuse one for many runs: it keeps the connection pool and the epoch.
 pub struct Client {
-    http: reqwest::Client,
-    config: ClientConfig,
+    pub(super) http: reqwest::Client,
+    pub(super) config: ClientConfig,
     epoch: Mutex<Option<std::sync::Arc<Epoch>>>,
 }
 
@@ -244,18 +265,29 @@ impl Client {
                     refreshed = true;
                 }
                 429 | 503 => {
-                    let wait = retry_after(&response).unwrap_or(Duration::from_secs(1));
-                    if *waited + wait > self.config.max_rate_limit_wait {
-                        return Err(ClientError::RateLimitedTooLong(*waited + wait));
-                    }
-                    *waited += wait;
+                    wait_before_retry(&response, waited, self.config.max_rate_limit_wait).await?;
                     stats.rate_limit_waits += 1;
-                    tokio::time::sleep(wait).await;
                 }
                 _ => return Err(refusal(response).await),
             }
         }
     }
+}
+
+/// Waits out a 429 or 503 for its `Retry-After` (1 s if it names none), unless the run's
+/// total wait `waited` would pass `max`; adds the wait to `waited`.
+pub(super) async fn wait_before_retry(
+    response: &reqwest::Response,
+    waited: &mut Duration,
+    max: Duration,
+) -> Result<(), ClientError> {
+    let wait = retry_after(response).unwrap_or(Duration::from_secs(1));
+    if *waited + wait > max {
+        return Err(ClientError::RateLimitedTooLong(*waited + wait));
+    }
+    *waited += wait;
+    tokio::time::sleep(wait).await;
+    Ok(())
 }
 
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
@@ -270,11 +302,16 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
-/// The error a refusal stands for; an answer that is not a documented error body reads as
-/// code `unknown` with no message.
-async fn refusal(response: reqwest::Response) -> ClientError {
+/// Most bytes of an error body read: documented error bodies are a few hundred bytes.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// The error a refusal stands for; an answer that is not a documented error body (or is
+/// larger than any error body) reads as code `unknown` with no message.
+pub(super) async fn refusal(response: reqwest::Response) -> ClientError {
     let status = response.status().as_u16();
-    let bytes = response.bytes().await.unwrap_or_default();
+    let bytes = read_capped(response, ERROR_BODY_LIMIT, "error body")
+        .await
+        .unwrap_or_default();
     let (code, message) = match ErrorBody::decode(&bytes) {
         Ok(body) => (body.code, body.message),
         Err(_) => ("unknown".to_owned(), String::new()),
@@ -284,4 +321,29 @@ async fn refusal(response: reqwest::Response) -> ClientError {
         code,
         message,
     }
+}
+
+/// Reads a response body of at most `limit` bytes: refused up front by its `Content-Length`,
+/// and while streaming once more arrives (a chunked answer names no length).
+pub(super) async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+    what: &'static str,
+) -> Result<Vec<u8>, ClientError> {
+    let too_large = || ClientError::TooLarge {
+        what,
+        limit: limit as u64,
+    };
+    let declared = response.content_length().unwrap_or(0);
+    if declared > limit as u64 {
+        return Err(too_large());
+    }
+    let mut out = Vec::with_capacity(usize::try_from(declared).unwrap_or(limit).min(limit));
+    while let Some(chunk) = response.chunk().await? {
+        if chunk.len() > limit - out.len() {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }

@@ -104,12 +104,22 @@ pub fn print_instructions(settings: &Settings, app: &Application) {
     println!();
     println!("Or discover the example address book (some of its contacts are registered):");
     println!();
+    let credential = token
+        .map(|t| format!(" --credential {t}"))
+        .unwrap_or_default();
     println!(
-        "cargo run --release -- discover --server http://{} --region DE --contacts examples/contacts.vcf{}",
+        "cargo run --release -- discover --server http://{} --region DE --contacts examples/contacts.vcf{credential}",
         app.public_addr(),
-        token
-            .map(|t| format!(" --credential {t}"))
-            .unwrap_or_default()
+    );
+    println!();
+    println!(
+        "The same in the private mode (only blinded elements leave; the registered set is \
+         downloaded, then kept current through the cache file):"
+    );
+    println!();
+    println!(
+        "cargo run --release -- discover --mode private --cache contacts.cache --server http://{} --region DE --contacts examples/contacts.vcf{credential}",
+        app.public_addr(),
     );
     println!();
 }

@@ -182,6 +182,8 @@ async fn an_address_book_of_25000_contacts_is_discovered_in_batches() {
         format: Format::Binary,
         json: true,
         timeout: Duration::from_secs(30),
+        mode: contact_discovery::commands::DiscoverMode::Hashed,
+        cache: None,
     })
     .await
     .unwrap();
