@@ -50,11 +50,26 @@ pub struct Metrics {
     pub private: PrivateMetrics,
 }
 
+/// The gauges and histogram one mode's rotator keeps current (each mode has its own names).
+#[derive(Clone)]
+pub struct RotatorMetrics {
+    /// Seconds per build.
+    pub build_seconds: Histogram,
+    /// The current epoch number.
+    pub current_epoch: IntGauge,
+    /// 1 once the current epoch's artefact is built.
+    pub ready: IntGauge,
+    /// Entries in the current epoch's artefact.
+    pub entries: IntGauge,
+    /// Artefacts alive.
+    pub live: IntGauge,
+}
+
 /// Metrics of the private mode: its rotator's gauges, elements evaluated (the one thing the
 /// server learns of a private query: how many numbers were asked about), publications.
 pub struct PrivateMetrics {
     /// The rotator's gauges (`private_key_epoch`, `private_set_*`).
-    pub rotator: crate::store::rotation::RotatorMetrics,
+    pub rotator: RotatorMetrics,
     /// Blinded elements evaluated.
     pub elements_evaluated: IntCounter,
     /// Seconds per publication of registry changes into the set.
@@ -66,7 +81,7 @@ impl PrivateMetrics {
         let gauge =
             |name: &str, help: &str| IntGauge::with_opts(Opts::new(name, help).namespace(NS));
         let m = Self {
-            rotator: crate::store::rotation::RotatorMetrics {
+            rotator: RotatorMetrics {
                 build_seconds: Histogram::with_opts(
                     HistogramOpts::new(
                         "private_set_build_seconds",
@@ -339,8 +354,8 @@ impl Metrics {
     }
 
     /// The hashed mode's rotator gauges.
-    pub fn hashed_rotator(&self) -> crate::store::rotation::RotatorMetrics {
-        crate::store::rotation::RotatorMetrics {
+    pub fn hashed_rotator(&self) -> RotatorMetrics {
+        RotatorMetrics {
             build_seconds: self.index_build_seconds.clone(),
             current_epoch: self.current_epoch.clone(),
             ready: self.ready.clone(),

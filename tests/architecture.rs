@@ -15,7 +15,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("domain", &["log_safe"]),
     ("protocol", &["domain", "log_safe"]),
     ("client", &["protocol", "domain", "log_safe", "clock"]),
-    ("store", &["domain", "log_safe", "clock", "metrics"]),
+    // The private set is kept in its wire form (Golomb-coded shards, ETags): store builds
+    // what `protocol` defines rather than a second copy of the format.
+    (
+        "store",
+        &["protocol", "domain", "log_safe", "clock", "metrics"],
+    ),
     (
         "server",
         &[

@@ -27,7 +27,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::clock::Clock;
 use crate::domain::{Epoch, EpochSchedule, ServerSecret};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RotatorMetrics};
 use crate::store::registry::{ChangeSink, Discoverability, DiscoverableNumbers, Registry};
 
 /// A build's journal is taken in rounds without the lock while it holds more than this many
@@ -78,21 +78,6 @@ pub enum BuildError {
 }
 
 impl crate::log_safe::LogSafe for BuildError {}
-
-/// The gauges and histogram one mode's rotator keeps current (each mode has its own names).
-#[derive(Clone)]
-pub struct RotatorMetrics {
-    /// Seconds per build.
-    pub build_seconds: prometheus::Histogram,
-    /// The current epoch number.
-    pub current_epoch: prometheus::IntGauge,
-    /// 1 once the current epoch's artefact is built.
-    pub ready: prometheus::IntGauge,
-    /// Entries in the current epoch's artefact.
-    pub entries: prometheus::IntGauge,
-    /// Artefacts alive.
-    pub live: prometheus::IntGauge,
-}
 
 /// How the changes given to an artefact relate to what it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

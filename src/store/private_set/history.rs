@@ -108,7 +108,7 @@ impl History {
                     list.extend(std::iter::repeat_n(value, count.unsigned_abs() as usize));
                 }
                 let now = current.shards.get(shard as usize)?;
-                (!added.is_empty() || !removed.is_empty()).then(|| ShardDelta {
+                (!added.is_empty() || !removed.is_empty()).then_some(ShardDelta {
                     shard,
                     etag: now.etag,
                     items: now.items,

@@ -14,6 +14,13 @@ const CONFIG: PrivateSetConfig = PrivateSetConfig {
     },
 };
 
+/// `n` distinct numbers (`seed` picks the range).
+fn numbers(n: usize, seed: u64) -> Vec<E164> {
+    (0..n as u64)
+        .map(|i| E164::from_u64(15_550_000_000 + seed * 1_000_000 + i * 7).unwrap())
+        .collect()
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     registry: Arc<Registry>,
@@ -91,7 +98,7 @@ fn held(set: &PrivateSet, numbers: &[E164]) -> Vec<bool> {
 
 #[tokio::test]
 async fn a_built_set_holds_the_discoverable_numbers_and_few_others() {
-    let numbers = crate::tools::generate::numbers(3_000, 1);
+    let numbers = numbers(3_000, 1);
     let (registered, others) = numbers.split_at(2_000);
     let f = fixture(registered, CONFIG).await;
     let set = f.set();
@@ -106,7 +113,7 @@ async fn a_built_set_holds_the_discoverable_numbers_and_few_others() {
 
 #[tokio::test]
 async fn changes_are_published_and_every_kept_version_has_a_delta_to_the_current() {
-    let numbers = crate::tools::generate::numbers(1_500, 2);
+    let numbers = numbers(1_500, 2);
     let (start, later) = numbers.split_at(1_000);
     let f = fixture(start, CONFIG).await;
     let set = f.set();
@@ -201,7 +208,7 @@ fn a_shared_value_stays_while_one_of_its_numbers_is_registered() {
 
 #[tokio::test]
 async fn a_set_grown_past_its_rate_is_rebuilt_with_a_wider_range() {
-    let numbers = crate::tools::generate::numbers(40, 3);
+    let numbers = numbers(40, 3);
     let f = fixture(&numbers[..4], CONFIG).await;
     let first = f.set();
     assert!(!first.worn());
