@@ -199,7 +199,9 @@ fn set_sizes(users: u64, members: &[u64]) -> Value {
         let (local, bytes) = LocalSet::new(params, &shards);
         let fp = outsiders.iter().filter(|h| local.contains(**h)).count();
         let gcs_per_user = bytes as f64 / users as f64;
-        let seed = [5u8; 32];
+        // Fixed (the same bits on every platform); its halves key the crate's two SipHashes,
+        // so they must differ (equal halves make every probe a multiple of one hash).
+        let seed: [u8; 32] = std::array::from_fn(|i| i as u8);
         let mut bloom = bloomfilter::Bloom::<u64>::new_for_fp_rate_with_seed(
             users as usize,
             1.0 / inverse as f64,
