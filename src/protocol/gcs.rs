@@ -463,7 +463,7 @@ fn max_run(limit: u64, p: u32) -> u64 {
 /// For clients that test membership without holding the shard's values: a caller that stops
 /// early has not checked the end (padding, trailing bytes); [`decode`] and [`ShardIndex::new`]
 /// read to the end.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Values<'a> {
     reader: BitReader<'a>,
     remaining: u64,
@@ -499,6 +499,18 @@ pub fn values(bytes: &[u8], p: u8, limits: Limits) -> Result<Values<'_>, GcsErro
         max_run: max_run(limits.limit, p),
         finished: false,
     })
+}
+
+/// Counts and position only: the bytes can be megabytes.
+impl std::fmt::Debug for Values<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Values")
+            .field("remaining", &self.remaining)
+            .field("bit", &self.reader.position())
+            .field("p", &self.p)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Values<'_> {
@@ -588,7 +600,7 @@ struct Mark {
 /// the whole shard (as [`decode`] does), it keeps the value and bit offset of every
 /// [`INDEX_STRIDE`]-th item, so `contains` decodes at most that many codes and memory stays a
 /// small fraction of the encoded bytes it shares.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ShardIndex {
     bytes: Arc<[u8]>,
     /// Where the codes start in `bytes` (after the CompactSize).
@@ -597,6 +609,19 @@ pub struct ShardIndex {
     limit: u64,
     len: u64,
     marks: Vec<Mark>,
+}
+
+/// Sizes only: the bytes can be megabytes.
+impl std::fmt::Debug for ShardIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardIndex")
+            .field("len", &self.len)
+            .field("bytes", &self.bytes.len())
+            .field("marks", &self.marks.len())
+            .field("p", &self.p)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ShardIndex {
@@ -1216,6 +1241,26 @@ mod tests {
         assert_eq!(
             ShardIndex::new(bad, 19, ANY).err(),
             Some(GcsError::TrailingBytes)
+        );
+    }
+
+    #[test]
+    fn debug_shows_sizes_not_bytes() {
+        let bytes = encode(&[11, 22, 33], 4).unwrap();
+        let index = ShardIndex::new(bytes.clone(), 4, ANY).unwrap();
+        assert_eq!(
+            format!("{index:?}"),
+            format!(
+                "ShardIndex {{ len: 3, bytes: {}, marks: 1, p: 4, limit: {}, .. }}",
+                bytes.len(),
+                u64::MAX
+            )
+        );
+        let mut stream = values(&bytes, 4, limit(40)).unwrap();
+        stream.next();
+        assert_eq!(
+            format!("{stream:?}"),
+            "Values { remaining: 2, bit: 5, p: 4, limit: 40, .. }"
         );
     }
 
