@@ -443,8 +443,9 @@ impl<'a> BitReader<'a> {
         if left >= 8 {
             return Err(GcsError::TrailingBytes);
         }
+        // The low `left` bits of the last byte (none if `left` is 0).
         let last = self.bytes.last().copied().unwrap_or(0);
-        if left > 0 && last & ((1u8 << left) - 1) != 0 {
+        if last & ((1u8 << left) - 1) != 0 {
             return Err(GcsError::NonZeroPadding);
         }
         Ok(())
@@ -965,6 +966,15 @@ mod tests {
         );
         assert_eq!(all_decoders(&[0x02, 0x05, 0x00], 7, ANY).unwrap(), [5, 5]);
         assert_eq!(all_decoders(&[0x02, 0x00, 0x00], 7, ANY).unwrap(), [0, 0]);
+        // Eight codes of at least 8 bits in 7 bytes: too few, though 8 × P bits would fit.
+        let mut eight = vec![0x08];
+        eight.extend([0x00; 7]);
+        assert_eq!(
+            all_decoders(&eight, 7, ANY),
+            Err(GcsError::CountExceedsData)
+        );
+        eight.push(0x00);
+        assert_eq!(all_decoders(&eight, 7, ANY).unwrap(), [0; 8]);
         // A count whose bits overflow u64 is refused, not wrapped.
         let huge = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00];
         assert_eq!(all_decoders(&huge, 1, ANY), Err(GcsError::CountExceedsData));
@@ -1047,6 +1057,46 @@ mod tests {
     }
 
     #[test]
+    fn run_bounds_hold_at_every_alignment() {
+        // P = 1, limit 2^10: runs up to 513 are read (those reaching 1024 are refused as
+        // values), longer ones are refused as runs. Codes before the run (an optional 3-bit
+        // "10 0", then 2-bit "0 0"s) move it across every bit, byte and window boundary, and put
+        // its remainder at the very end of the bytes in some cases.
+        let l = limit(1 << 10);
+        for lead in [false, true] {
+            for prefix in 0..40 {
+                for run in 500..=520u64 {
+                    for r in 0..2u64 {
+                        let code = format!(
+                            "{} {} {} 0 {r}",
+                            if lead { "100" } else { "" },
+                            "00".repeat(prefix),
+                            "1".repeat(run as usize)
+                        );
+                        let base = if lead { 2 } else { 0 };
+                        let mut expected = vec![base; usize::from(lead) + prefix];
+                        let value = base + (run << 1) + r;
+                        expected.push(value);
+                        let expected = if run > 513 {
+                            Err(GcsError::UnaryRunTooLong)
+                        } else if value >= 1 << 10 {
+                            Err(GcsError::ValueOutOfRange { limit: 1 << 10 })
+                        } else {
+                            Ok(expected)
+                        };
+                        let n = usize::from(lead) + prefix + 1;
+                        assert_eq!(
+                            all_decoders(&shard(n as u64, &code), 1, l),
+                            expected,
+                            "lead {lead}, prefix {prefix}, run {run}, r {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_slow_path_refuses_a_value_past_u64_max() {
         let mut reader = BitReader {
             bytes: &[],
@@ -1064,6 +1114,15 @@ mod tests {
             reader.read_delta(56, u64::MAX),
             Err(GcsError::ValueOutOfRange { limit: u64::MAX })
         );
+        // A run exactly as long as the bound, ending where a loaded window ends, is read: 56
+        // ones fill the first window, the zero starts the next.
+        let mut code = vec![0xffu8; 7];
+        code.extend([0x00; 8]);
+        let mut reader = BitReader::at(&code, 0);
+        assert_eq!(reader.avail, 56);
+        assert_eq!(reader.read_delta(1, 56), Ok(56 << 1));
+        let mut reader = BitReader::at(&code, 0);
+        assert_eq!(reader.read_delta(1, 55), Err(GcsError::UnaryRunTooLong));
         let mut code = vec![0xffu8; 31];
         code.extend([0xfe, 0, 0, 0, 0, 0, 0, 0x01]);
         let mut reader = BitReader::at(&code, 0);
