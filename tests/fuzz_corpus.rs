@@ -7,6 +7,7 @@ use std::path::Path;
 use contact_discovery::client::addressbook::{read_csv, read_vcard};
 use contact_discovery::client::normalise::Normaliser;
 use contact_discovery::domain::{CredentialKey, E164};
+use contact_discovery::protocol::gcs::{self, Limits, ShardIndex};
 use contact_discovery::protocol::{self, Format};
 use contact_discovery::store::registry::Registry;
 use contact_discovery::store::registry::record::{decode_record, encode_record};
@@ -45,6 +46,41 @@ fn discovery_bodies() {
         }
     }
     assert!(accepted >= 2, "the protocol vectors decode");
+}
+
+#[test]
+fn gcs_shards() {
+    // As fuzz/fuzz_targets/gcs_decode.rs: the first byte chooses P and the limit.
+    let mut accepted = 0;
+    for data in corpus("gcs_decode") {
+        let Some((&first, shard)) = data.split_first() else {
+            continue;
+        };
+        let p = first & 0x3f;
+        let limit = if first & 0x80 != 0 {
+            u64::MAX
+        } else {
+            1u64 << (u32::from(p) + 8).min(63)
+        };
+        let limits = Limits {
+            max_items: 1 << 16,
+            limit,
+        };
+        let decoded = gcs::decode(shard, p, limits);
+        let streamed: Result<Vec<u64>, _> = gcs::values(shard, p, limits).and_then(|v| v.collect());
+        assert_eq!(decoded, streamed);
+        let index = ShardIndex::new(shard.to_vec(), p, limits);
+        match decoded {
+            Ok(values) => {
+                assert_eq!(gcs::encode(&values, p).as_deref(), Ok(shard));
+                let index = index.unwrap();
+                assert!(values.iter().all(|&v| index.contains(v)));
+                accepted += 1;
+            }
+            Err(error) => assert_eq!(index.err(), Some(error)),
+        }
+    }
+    assert!(accepted >= 8, "the valid seeds decode");
 }
 
 #[test]
