@@ -13,7 +13,6 @@
 //! - [`EpochInfo`]: the epoch object (`GET /v1/epoch`, and the `current` of a 410), with the one
 //!   salt decoder.
 //! - [`ErrorBody`]: an error answer as a client reads it.
-//! - [`gcs`]: the private mode's shards, Golomb-coded sets in BIP-158's layout, both directions.
 //! - [`DecodeError`] (a request the server refuses, mapped by the API to its error codes) and
 //!   [`AnswerError`] (an answer a client refuses).
 //!
