@@ -191,3 +191,140 @@ async fn the_server_answers_the_published_request() {
     let _ = tx.send(());
     server.await.unwrap().unwrap();
 }
+
+fn private_vectors() -> Value {
+    let doc = include_str!("../docs/PROTOCOL.md");
+    let marker = "```json private-vectors";
+    let start = doc.find(marker).expect("private vectors block") + marker.len();
+    let end = start + doc[start..].find("```").expect("end of block");
+    serde_json::from_str(&doc[start..end]).expect("private vectors are JSON")
+}
+
+fn bytes32(text: &str) -> [u8; 32] {
+    unhex(text).try_into().expect("32 bytes")
+}
+
+#[test]
+fn rfc9497_vectors_through_our_wrappers() {
+    use contact_discovery::domain::oprf::{BlindedElement, OprfKey};
+    let v = private_vectors();
+    let rfc = &v["rfc9497"];
+    let key = OprfKey::from_seed(
+        &unhex(rfc["seed_hex"].as_str().unwrap()),
+        &unhex(rfc["key_info_hex"].as_str().unwrap()),
+        Epoch(0),
+    )
+    .unwrap();
+    for case in rfc["cases"].as_array().unwrap() {
+        let blinded =
+            BlindedElement::from_bytes(&bytes32(case["blinded_hex"].as_str().unwrap())).unwrap();
+        assert_eq!(
+            hex(&key.evaluate_blinded(&blinded).to_bytes()),
+            case["evaluated_hex"].as_str().unwrap()
+        );
+        let input = unhex(case["input_hex"].as_str().unwrap());
+        assert_eq!(
+            hex(key.evaluate_input(&input).unwrap().as_bytes()),
+            case["output_hex"].as_str().unwrap()
+        );
+    }
+}
+
+#[test]
+fn private_keys_evaluation_and_set() {
+    use contact_discovery::domain::oprf::{BlindedElement, OprfKey};
+    use contact_discovery::protocol::evaluate;
+    use contact_discovery::protocol::private_set::{SetParams, tag_to_hex};
+    use contact_discovery::store::private_set::{HistoryLimits, PrivateSet, PrivateSetConfig};
+    let v = private_vectors();
+    let secret = secret(&vectors());
+    for case in v["keys"].as_array().unwrap() {
+        let key = OprfKey::derive(&secret, Epoch(case["key_epoch"].as_u64().unwrap())).unwrap();
+        let output = key
+            .output(E164::parse(case["e164"].as_str().unwrap()).unwrap())
+            .unwrap();
+        assert_eq!(hex(output.as_bytes()), case["output_hex"].as_str().unwrap());
+        assert_eq!(
+            format!("{:016x}", output.set_hash()),
+            case["set_hash_hex"].as_str().unwrap()
+        );
+        let blinded =
+            BlindedElement::from_bytes(&bytes32(case["blinded_hex"].as_str().unwrap())).unwrap();
+        assert_eq!(
+            hex(&key.evaluate_blinded(&blinded).to_bytes()),
+            case["evaluated_hex"].as_str().unwrap()
+        );
+    }
+    // The evaluation bodies.
+    let e = &v["evaluate"];
+    let key = OprfKey::derive(&secret, Epoch(e["key_epoch"].as_u64().unwrap())).unwrap();
+    let request = unhex(e["binary_request_hex"].as_str().unwrap());
+    let decoded = evaluate::decode_evaluate(Format::Binary, &request, 10).unwrap();
+    assert_eq!(
+        evaluate::encode_evaluate(Format::Binary, decoded.key_epoch, &decoded.elements),
+        request
+    );
+    let evaluated: Vec<_> = decoded
+        .elements
+        .iter()
+        .map(|b| key.evaluate_blinded(b))
+        .collect();
+    assert_eq!(
+        hex(&evaluate::encode_evaluated(
+            Format::Binary,
+            decoded.key_epoch,
+            &evaluated
+        )),
+        e["binary_response_hex"].as_str().unwrap()
+    );
+    // The set, as the server builds it.
+    let s = &v["set"];
+    let inverse = (1.0 / s["false_positive_rate"].as_f64().unwrap()).round() as u64;
+    let registered: Vec<E164> = s["registered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| E164::parse(n.as_str().unwrap()).unwrap())
+        .collect();
+    let params = SetParams::for_items(0, registered.len() as u64, inverse);
+    assert_eq!(
+        (params.range, params.shards, params.golomb_p),
+        (
+            s["range"].as_u64().unwrap(),
+            s["shards"].as_u64().unwrap() as u32,
+            s["golomb_p"].as_u64().unwrap() as u8
+        )
+    );
+    let key = OprfKey::derive(&secret, Epoch(0)).unwrap();
+    for (number, position) in s["positions"].as_object().unwrap() {
+        let hash = key.output(E164::parse(number).unwrap()).unwrap().set_hash();
+        assert_eq!(
+            params.position(hash),
+            position.as_u64().unwrap(),
+            "{number}"
+        );
+    }
+    let config = PrivateSetConfig {
+        inverse_fpr: inverse,
+        history: HistoryLimits {
+            max_age_secs: 1,
+            max_values: 1,
+        },
+    };
+    let digits: Vec<u64> = registered.iter().map(|n| n.get()).collect();
+    let set = PrivateSet::build_from_digits(&config, &secret, Epoch(0), &digits).unwrap();
+    assert_eq!(set.params(), params);
+    let published = set.published();
+    let shards: Vec<String> = published.shards.iter().map(|s| hex(&s.bytes)).collect();
+    let etags: Vec<String> = published
+        .shards
+        .iter()
+        .map(|s| tag_to_hex(&s.etag))
+        .collect();
+    assert_eq!(serde_json::json!(shards), s["shard_hex"]);
+    assert_eq!(serde_json::json!(etags), s["etags"]);
+    assert_eq!(
+        tag_to_hex(&published.version),
+        s["version"].as_str().unwrap()
+    );
+}
