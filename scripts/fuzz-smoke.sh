@@ -19,7 +19,7 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-10}
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
     TARGETS=(discover_binary discover_json credential e164 registry_record registry_open vcard
-        csv normalise gcs_decode)
+        csv normalise gcs_decode private_evaluate private_delta)
 fi
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$PWD/target}}
 

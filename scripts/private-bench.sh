@@ -30,12 +30,13 @@ ensure_venv() {
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "openmined.psi==$PSI_VERSION"
 }
 
-# ---- The Rust side: the lead engineer fills this in. ------------------------------------------
-# run_ours FPR: our OPRF + GCS benchmark at SERVER_ITEMS / CLIENT_ITEMS / FPR, pinned with
-# `taskset -c "$CPU"`, printing the same figures as run_theirs (ideally also a JSON report in
-# "$OUT/ours-fpr$1.json" with the keys openmined_psi_bench.py uses, for the summary below).
+# ---- The Rust side -------------------------------------------------------------------------------
+# benches/private.rs on the same SERVER_ITEMS and CLIENT_ITEMS, both rates in one run, and the
+# hashed mode on the same sets. Nothing else runs meanwhile, so it is not pinned: its per-element
+# and client figures are one thread's, and its setup uses every core, as the server's does.
 run_ours() {
-    echo "TODO: the Rust side"
+    cargo bench --quiet --bench private -- --users "$SERVER_ITEMS" --setup-users "$SERVER_ITEMS" \
+        --contacts "$CLIENT_ITEMS" --json "$OUT/ours.json.txt"
 }
 # -----------------------------------------------------------------------------------------------
 
@@ -46,11 +47,10 @@ run_theirs() { # FPR
 }
 
 ensure_venv
+echo "== ours: N=$SERVER_ITEMS C=$CLIENT_ITEMS, both rates"
+run_ours
 for fpr in $FPRS; do
-    echo "== N=$SERVER_ITEMS C=$CLIENT_ITEMS fpr=$fpr, core $CPU"
-    echo "-- ours"
-    run_ours "$fpr"
-    echo "-- OpenMined PSI"
+    echo "== OpenMined PSI: N=$SERVER_ITEMS C=$CLIENT_ITEMS fpr=$fpr, core $CPU"
     run_theirs "$fpr"
 done
 

@@ -494,7 +494,7 @@ async fn scrape_a_running_server() -> String {
     let app = Application::build_with_clock(&settings, Clock::System)
         .await
         .unwrap();
-    app.warm_up().await;
+    app.warm_up_all().await;
     let keys = load_keys(&settings).unwrap();
     let (public, admin) = (app.public_addr(), app.admin_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -49,6 +49,42 @@ fn discovery_bodies() {
 }
 
 #[test]
+fn private_bodies() {
+    use contact_discovery::protocol::evaluate::{decode_evaluate, encode_evaluate};
+    use contact_discovery::protocol::private_set::{SetParams, decode_delta, encode_delta};
+    let mut accepted = 0;
+    for data in corpus("private_evaluate") {
+        if let Ok(request) = decode_evaluate(Format::Binary, &data, 64) {
+            assert_eq!(
+                encode_evaluate(Format::Binary, request.key_epoch, &request.elements),
+                data
+            );
+            accepted += 1;
+        }
+        if let Ok(request) = decode_evaluate(Format::Json, &data, 64) {
+            let encoded = encode_evaluate(Format::Json, request.key_epoch, &request.elements);
+            assert!(decode_evaluate(Format::Json, &encoded, 64).is_ok());
+            accepted += 1;
+        }
+    }
+    for data in corpus("private_delta") {
+        let (first, body) = data.split_first().unwrap();
+        let params = SetParams {
+            key_epoch: 0,
+            range: 1u64 << (16 + (first >> 2) % 40),
+            shards: u32::from(first & 3) + 1,
+            golomb_p: 12,
+        };
+        if let Ok(delta) = decode_delta(&params, body, 1 << 12) {
+            let again = encode_delta(&params, &delta).unwrap();
+            assert_eq!(decode_delta(&params, &again, 1 << 12), Ok(delta));
+            accepted += 1;
+        }
+    }
+    assert!(accepted >= 4, "the seeds decode");
+}
+
+#[test]
 fn gcs_shards() {
     // As fuzz/fuzz_targets/gcs_decode.rs: the first byte chooses P and the limit.
     let mut accepted = 0;

@@ -129,7 +129,7 @@ async fn the_server_answers_the_published_request() {
         .map(contact_discovery::store::registry::Op::Add)
         .collect();
     app.state().admin.registry.apply(&ops).unwrap();
-    app.warm_up().await;
+    app.warm_up_all().await;
     let (public, keys) = (app.public_addr(), load_keys(&settings).unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {

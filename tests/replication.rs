@@ -1037,3 +1037,79 @@ async fn entry_ids_and_lag_follow_the_injected_clock() {
     lag_becomes(120).await;
     follower.abort();
 }
+
+/// Which of `NUMBERS` `server`'s private mode reports registered (a fresh client each time:
+/// it downloads the set and evaluates every number).
+async fn private_matches(cluster: &Cluster, server: &Server) -> Vec<usize> {
+    use contact_discovery::client::private::PrivateCache;
+    use contact_discovery::client::{Client, ClientConfig};
+    let client = Client::new(ClientConfig::new(
+        format!("http://{}", server.public),
+        Some(cluster.credential.clone()),
+    ))
+    .unwrap();
+    let numbers: Vec<E164> = NUMBERS.iter().map(|n| E164::parse(n).unwrap()).collect();
+    let outcome = client
+        .discover_private(&numbers, &mut PrivateCache::default())
+        .await
+        .unwrap();
+    (0..NUMBERS.len())
+        .filter(|i| outcome.registered[*i])
+        .collect()
+}
+
+async fn manifest_version(cluster: &Cluster, server: &Server) -> String {
+    let manifest: serde_json::Value = cluster
+        .http
+        .get(format!("http://{}/v1/private/set", server.public))
+        .bearer_auth(&cluster.credential)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    manifest["version"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_change_posted_to_one_replica_reaches_the_private_set_of_every_replica() {
+    let cluster = Cluster::new();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let flags = ["--private-publish-interval-ms", "200"];
+    let a = cluster.replica(dirs[0].path(), &flags);
+    let b = cluster.replica(dirs[1].path(), &flags);
+    cluster.wait_for(&a, &[]).await;
+    cluster.wait_for(&b, &[]).await;
+    let (status, _) = cluster
+        .change(
+            &a,
+            serde_json::json!({ "add": [NUMBERS[0], NUMBERS[1], NUMBERS[2]] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = cluster
+        .change(&b, serde_json::json!({ "hide": [NUMBERS[1]] }))
+        .await;
+    assert_eq!(status, 200);
+    // Within the publish interval of each replica applying the changes (well under a minute).
+    let started = Instant::now();
+    for server in [&a, &b] {
+        loop {
+            if private_matches(&cluster, server).await == [0, 2] {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the private set never showed the changes; log: {:?}",
+                server.log_lines()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Content-addressed versions: replicas with the same registry serve the same set.
+    assert_eq!(
+        manifest_version(&cluster, &a).await,
+        manifest_version(&cluster, &b).await
+    );
+}

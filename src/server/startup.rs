@@ -253,6 +253,14 @@ impl Application {
     /// request; the other live epochs are built right after, while serving.
     pub async fn warm_up(&self) {
         self.rotator.warm_up().await;
+    }
+
+    /// [`warm_up`](Self::warm_up), and the private mode's current set too. `serve` does not
+    /// wait for the set (it takes ~65 µs per registered number per core, minutes at scale):
+    /// the process answers `/healthz` while its rotator builds the set, and `/readyz` once it
+    /// is built. Tests and small demos wait for it here.
+    pub async fn warm_up_all(&self) {
+        self.warm_up().await;
         if let PrivateWork::On { rotator, .. } = &self.private {
             rotator.warm_up().await;
         }

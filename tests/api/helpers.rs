@@ -69,7 +69,7 @@ pub async fn start(config: Config, clock: Clock) -> TestApp {
     let app = Application::build_with_clock(&settings, clock.clone())
         .await
         .expect("app builds");
-    app.warm_up().await;
+    app.warm_up_all().await;
     let keys = load_keys(&settings).unwrap();
     let (public, admin, state) = (app.public_addr(), app.admin_addr(), app.state());
     let (tx, rx) = oneshot::channel::<()>();
