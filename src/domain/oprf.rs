@@ -105,57 +105,46 @@ impl fmt::Debug for OprfKey {
     }
 }
 
-/// A client's blinded number: uniformly random to anyone without the blind.
-#[derive(Clone)]
-pub struct BlindedElement(voprf::BlindedElement<Suite>);
+/// A group element on the wire: 32 bytes parsed (canonical, not the identity) into `voprf`'s
+/// type, serialised back, `Debug` redacted.
+macro_rules! wire_element {
+    ($(#[$doc:meta])* $name:ident($inner:ident)) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name(voprf::$inner<Suite>);
 
-impl BlindedElement {
-    /// Parses wire bytes: the canonical encoding of a non-identity ristretto255 element.
-    pub fn from_bytes(bytes: &[u8; ELEMENT_BYTES]) -> Result<Self, OprfError> {
-        voprf::BlindedElement::deserialize(bytes)
-            .map(Self)
-            .map_err(|_| OprfError::InvalidElement)
-    }
+        impl $name {
+            /// Parses wire bytes: the canonical encoding of a non-identity ristretto255 element.
+            pub fn from_bytes(bytes: &[u8; ELEMENT_BYTES]) -> Result<Self, OprfError> {
+                voprf::$inner::deserialize(bytes)
+                    .map(Self)
+                    .map_err(|_| OprfError::InvalidElement)
+            }
 
-    /// The wire bytes.
-    pub fn to_bytes(&self) -> [u8; ELEMENT_BYTES] {
-        let mut out = [0u8; ELEMENT_BYTES];
-        out.copy_from_slice(&self.0.serialize());
-        out
-    }
+            /// The wire bytes.
+            pub fn to_bytes(&self) -> [u8; ELEMENT_BYTES] {
+                let mut out = [0u8; ELEMENT_BYTES];
+                out.copy_from_slice(&self.0.serialize());
+                out
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "(<redacted>)"))
+            }
+        }
+    };
 }
 
-impl fmt::Debug for BlindedElement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BlindedElement(<redacted>)")
-    }
-}
-
-/// The server's answer to one blinded element.
-#[derive(Clone)]
-pub struct EvaluatedElement(voprf::EvaluationElement<Suite>);
-
-impl EvaluatedElement {
-    /// Parses wire bytes (a client reading the server's answer).
-    pub fn from_bytes(bytes: &[u8; ELEMENT_BYTES]) -> Result<Self, OprfError> {
-        voprf::EvaluationElement::deserialize(bytes)
-            .map(Self)
-            .map_err(|_| OprfError::InvalidElement)
-    }
-
-    /// The wire bytes.
-    pub fn to_bytes(&self) -> [u8; ELEMENT_BYTES] {
-        let mut out = [0u8; ELEMENT_BYTES];
-        out.copy_from_slice(&self.0.serialize());
-        out
-    }
-}
-
-impl fmt::Debug for EvaluatedElement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("EvaluatedElement(<redacted>)")
-    }
-}
+wire_element!(
+    /// A client's blinded number: uniformly random to anyone without the blind.
+    BlindedElement(BlindedElement)
+);
+wire_element!(
+    /// The server's answer to one blinded element.
+    EvaluatedElement(EvaluationElement)
+);
 
 /// The client's secret blind for one number, kept until the server answers. Wiped on drop
 /// (voprf's `OprfClient` zeroizes its scalar).

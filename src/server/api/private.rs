@@ -86,6 +86,22 @@ impl Private {
     }
 }
 
+impl Private {
+    /// The set of the key epoch a shard or delta request names (`key_epoch` is required: a
+    /// shard or a delta means nothing without its set), and the rest of its query.
+    fn set_named(
+        &self,
+        state: &PublicState,
+        request: &Request,
+    ) -> Result<(Arc<PrivateSet>, SetQuery), ApiError> {
+        let query = SetQuery::parse(request.uri().query())?;
+        let key_epoch = query
+            .key_epoch
+            .ok_or(ApiError::InvalidQuery("key_epoch is required"))?;
+        Ok((self.set(state, Some(key_epoch))?, query))
+    }
+}
+
 /// `POST /v1/private/evaluate`: the key times each blinded element.
 pub async fn evaluate(
     State(state): State<PublicState>,
@@ -206,11 +222,7 @@ pub async fn shard(
     Path(index): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let query = SetQuery::parse(request.uri().query())?;
-    let key_epoch = query
-        .key_epoch
-        .ok_or(ApiError::InvalidQuery("key_epoch is required"))?;
-    let set = private.set(&state, Some(key_epoch))?;
+    let (set, _) = private.set_named(&state, &request)?;
     let published = set.published();
     let shards = u32::try_from(published.shards.len()).unwrap_or(u32::MAX);
     let shard = index
@@ -231,14 +243,10 @@ pub async fn delta(
     _caller: Caller,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let query = SetQuery::parse(request.uri().query())?;
-    let key_epoch = query
-        .key_epoch
-        .ok_or(ApiError::InvalidQuery("key_epoch is required"))?;
+    let (set, query) = private.set_named(&state, &request)?;
     let since = query
         .since
         .ok_or(ApiError::InvalidQuery("since is required"))?;
-    let set = private.set(&state, Some(key_epoch))?;
     match set.delta_since(since) {
         DeltaAnswer::Current => Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), &since)),
         DeltaAnswer::Unavailable => Err(ApiError::DeltaUnavailable),
