@@ -44,11 +44,23 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args {
-        users: 10_000_000,
-        setup_users: 1_000_000,
-        contacts: 1_000,
-        json: None,
+    // `cargo bench` passes `--bench`; `cargo test` (the test command builds and runs every
+    // target) does not, and gets a seconds-long smoke run of the same code instead.
+    let benching = std::env::args().any(|a| a == "--bench");
+    let mut args = if benching {
+        Args {
+            users: 10_000_000,
+            setup_users: 1_000_000,
+            contacts: 1_000,
+            json: None,
+        }
+    } else {
+        Args {
+            users: 20_000,
+            setup_users: 2_000,
+            contacts: 100,
+            json: None,
+        }
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
