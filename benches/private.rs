@@ -37,6 +37,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 struct Args {
+    /// Non-members each set is probed with (its false-positive rate measured).
+    outsiders: u64,
     users: u64,
     setup_users: u64,
     contacts: usize,
@@ -49,6 +51,7 @@ fn args() -> Args {
     let benching = std::env::args().any(|a| a == "--bench");
     let mut args = if benching {
         Args {
+            outsiders: 1_000_000,
             users: 10_000_000,
             setup_users: 1_000_000,
             contacts: 1_000,
@@ -56,6 +59,7 @@ fn args() -> Args {
         }
     } else {
         Args {
+            outsiders: 10_000,
             users: 20_000,
             setup_users: 2_000,
             contacts: 100,
@@ -202,9 +206,10 @@ impl LocalSet {
     }
 }
 
-fn set_sizes(users: u64, members: &[u64]) -> Value {
+fn set_sizes(users: u64, outsiders: u64, members: &[u64]) -> Value {
     let mut out = serde_json::Map::new();
-    let outsiders = hashes(1_000_000, 99);
+    let probes = outsiders;
+    let outsiders = hashes(probes, 99);
     for (label, inverse) in [("1e-6", 1_000_000u64), ("1e-9", 1_000_000_000)] {
         let params = SetParams::for_items(1, users, inverse);
         let shards = shard_values(&params, members);
@@ -226,7 +231,7 @@ fn set_sizes(users: u64, members: &[u64]) -> Value {
         let bloom_fp = outsiders.iter().filter(|h| bloom.check(h)).count();
         let bloom_per_user = bloom.as_slice().len() as f64 / users as f64;
         println!(
-            "set at {label}: GCS {gcs_per_user:.3} B/user (P = {}, {} shards, rate {:.2e} by construction, {fp} of 10^6 outsiders matched); Bloom {bloom_per_user:.3} B/user ({bloom_fp} of 10^6 matched)",
+            "set at {label}: GCS {gcs_per_user:.3} B/user (P = {}, {} shards, rate {:.2e} by construction, {fp} of {probes} outsiders matched); Bloom {bloom_per_user:.3} B/user ({bloom_fp} of {probes} matched)",
             params.golomb_p,
             params.shards,
             params.false_positive_rate(users),
@@ -391,7 +396,7 @@ fn main() {
     add(evaluate_per_element(&key));
     add(setup(args.setup_users));
     let members = hashes(args.users, 1);
-    add(json!({ "set": set_sizes(args.users, &members) }));
+    add(json!({ "set": set_sizes(args.users, args.outsiders, &members) }));
     add(daily_update(args.users, &members));
     add(client(args.users, args.contacts, &members));
     drop(members);
