@@ -68,6 +68,8 @@ pub struct RotatorMetrics {
 /// Metrics of the private mode: its rotator's gauges, elements evaluated (the one thing the
 /// server learns of a private query: how many numbers were asked about), publications.
 pub struct PrivateMetrics {
+    /// 1 when the private mode is served (its alerts look only at replicas serving it).
+    pub enabled: IntGauge,
     /// The rotator's gauges (`private_key_epoch`, `private_set_*`).
     pub rotator: RotatorMetrics,
     /// Blinded elements evaluated.
@@ -81,6 +83,7 @@ impl PrivateMetrics {
         let gauge =
             |name: &str, help: &str| IntGauge::with_opts(Opts::new(name, help).namespace(NS));
         let m = Self {
+            enabled: gauge("private_mode_enabled", "1 when the private mode is served")?,
             rotator: RotatorMetrics {
                 build_seconds: Histogram::with_opts(
                     HistogramOpts::new(
@@ -117,6 +120,7 @@ impl PrivateMetrics {
                 .buckets(vec![0.000_1, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0]),
             )?,
         };
+        registry.register(Box::new(m.enabled.clone()))?;
         let r = &m.rotator;
         registry.register(Box::new(r.build_seconds.clone()))?;
         registry.register(Box::new(r.current_epoch.clone()))?;

@@ -352,6 +352,7 @@ impl PrivateWork {
         let policy = RotationPolicy::new(private.key_epoch.schedule(), private.key_grace.as_secs())
             .with_lead(private.key_lead.as_secs());
         let sets = Arc::new(PrivateSets::new(policy, keys.secret.clone()));
+        metrics.private.enabled.set(1);
         let config = PrivateSetConfig {
             inverse_fpr: private.inverse_false_positive_rate(),
             history: HistoryLimits {
