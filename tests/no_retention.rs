@@ -392,23 +392,13 @@ async fn no_trace_of_a_private_query_is_kept_anywhere() {
     let client = reqwest::Client::new();
     let registered = ["+4915112345678", "+15555550123", "+447700900456"];
     let credential = credential(&data, "private-probe");
-    let manifest = |client: reqwest::Client, base: String, credential: String| async move {
-        let response = client
-            .get(format!("{base}/v1/private/set"))
-            .bearer_auth(credential)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.json::<serde_json::Value>().await.unwrap()
-    };
     let base = format!("http://{}", server.public);
-    let first = manifest(client.clone(), base.clone(), credential.clone()).await;
+    let first = server.private_manifest(&client, &credential).await;
     register(&client, &server, &registered).await;
     // Wait until the set holds the registrations.
     let mut published = first.clone();
     for _ in 0..200 {
-        published = manifest(client.clone(), base.clone(), credential.clone()).await;
+        published = server.private_manifest(&client, &credential).await;
         if published["version"] != first["version"] {
             break;
         }

@@ -145,15 +145,7 @@ async fn drive_load(http: &reqwest::Client, server: &common::Server, credential:
     );
     let mut statuses = BTreeSet::new();
     // One private-mode evaluation first, while the budget lasts (its route's series).
-    let manifest: serde_json::Value = http
-        .get(format!("http://{public}/v1/private/set"))
-        .bearer_auth(credential)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let manifest = server.private_manifest(http, credential).await;
     let key_epoch = manifest["key_epoch"]
         .as_u64()
         .expect("the private set is built");

@@ -131,6 +131,31 @@ impl Server {
             .unwrap()
     }
 
+    /// `GET /v1/private/set` as JSON, once the private set is built: `serve` builds it in the
+    /// background after it starts listening, so the first requests may get `503 not_ready`.
+    pub async fn private_manifest(
+        &self,
+        client: &reqwest::Client,
+        credential: &str,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let response = client
+                .get(format!("http://{}/v1/private/set", self.public))
+                .bearer_auth(credential)
+                .send()
+                .await
+                .unwrap();
+            match response.status().as_u16() {
+                200 => return response.json().await.unwrap(),
+                503 if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                status => panic!("GET /v1/private/set: {status}"),
+            }
+        }
+    }
+
     /// `GET /metrics` on the admin listener, as text.
     pub async fn metrics(&self, client: &reqwest::Client) -> String {
         client
