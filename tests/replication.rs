@@ -1058,20 +1058,6 @@ async fn private_matches(cluster: &Cluster, server: &Server) -> Vec<usize> {
         .collect()
 }
 
-async fn manifest_version(cluster: &Cluster, server: &Server) -> String {
-    let manifest: serde_json::Value = cluster
-        .http
-        .get(format!("http://{}/v1/private/set", server.public))
-        .bearer_auth(&cluster.credential)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    manifest["version"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn a_change_posted_to_one_replica_reaches_the_private_set_of_every_replica() {
     let cluster = Cluster::new();
@@ -1108,8 +1094,9 @@ async fn a_change_posted_to_one_replica_reaches_the_private_set_of_every_replica
         }
     }
     // Content-addressed versions: replicas with the same registry serve the same set.
+    let version = |manifest: serde_json::Value| manifest["version"].clone();
     assert_eq!(
-        manifest_version(&cluster, &a).await,
-        manifest_version(&cluster, &b).await
+        version(a.private_manifest(&cluster.http, &cluster.credential).await),
+        version(b.private_manifest(&cluster.http, &cluster.credential).await)
     );
 }

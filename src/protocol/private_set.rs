@@ -147,11 +147,10 @@ impl SetParams {
 
     /// The shard and in-shard value of a [`position`](Self::position).
     pub fn split(&self, position: u64) -> Located {
-        let value = position;
         let width = self.shard_width().max(1);
         Located {
-            shard: u32::try_from(value / width).unwrap_or(u32::MAX),
-            value: value % width,
+            shard: u32::try_from(position / width).unwrap_or(u32::MAX),
+            value: position % width,
         }
     }
 

@@ -17,8 +17,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::body::{declared_length, media_type, read_limited};
-use super::public::{charge, charge_owed};
+use super::body::{declared_length, media_type};
+use super::public::{charge, charge_owed, read_charged, up_front_cost};
 use super::{ApiError, Caller, PublicState};
 use crate::domain::Epoch;
 use crate::protocol::Format;
@@ -84,9 +84,7 @@ impl Private {
                 EpochRefusal::NotReady => ApiError::NotReady,
             })
     }
-}
 
-impl Private {
     /// The set of the key epoch a shard or delta request names (`key_epoch` is required: a
     /// shard or a delta means nothing without its set), and the rest of its query.
     fn set_named(
@@ -114,27 +112,21 @@ pub async fn evaluate(
     let max_batch = private.max_batch;
     let format = Format::from_media_type(media_type(&parts.headers).as_deref());
     let declared = declared_length(&parts.headers);
-    let up_front = match (&format, declared) {
-        (Ok(Format::Binary), Some(len))
-            if len <= evaluate::body_limit(Format::Binary, max_batch) =>
-        {
-            evaluate::elements_in(Format::Binary, len).clamp(1, max_batch)
-        }
-        _ => 1,
+    let up_front = match &format {
+        Ok(format) => up_front_cost(
+            *format,
+            declared,
+            evaluate::body_limit(*format, max_batch),
+            max_batch,
+            |len| evaluate::elements_in(Format::Binary, len),
+        ),
+        Err(_) => 1,
     };
     charge(&state, user, up_front).await?;
     let format = format.map_err(ApiError::from)?;
     let limit = evaluate::body_limit(format, max_batch);
     let owed = |bytes: usize| evaluate::elements_in(format, bytes).min(max_batch);
-    let raw = match read_limited(declared, body, limit, state.body_pace).await {
-        Ok(raw) => raw,
-        Err(refused) if declared.is_some_and(|len| len > limit) => return Err(refused.error),
-        Err(refused) => {
-            let bytes = refused.received.max(declared.unwrap_or(0).min(limit));
-            charge_owed(&state, user, owed(bytes), up_front).await;
-            return Err(refused.error);
-        }
-    };
+    let raw = read_charged(&state, user, body, declared, limit, up_front, owed).await?;
     let bytes = raw.len();
     // Decoding checks every element (a square root each) and evaluating costs tens of
     // microseconds each: both on a blocking thread, never on the reactor.

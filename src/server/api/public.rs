@@ -53,8 +53,15 @@ pub async fn discover(
     let user = &caller.user;
     let format = Format::from_media_type(media_type(headers).as_deref());
     let declared = declared_length(headers);
+    let max_batch = state.max_batch;
     let up_front = match &format {
-        Ok(format) => up_front_cost(*format, declared, state.max_batch),
+        Ok(format) => up_front_cost(
+            *format,
+            declared,
+            format.body_limit(max_batch),
+            max_batch,
+            |len| len.saturating_sub(8 /* the epoch */) / FINGERPRINT_BYTES,
+        ),
         Err(_) => 1,
     };
     charge(&state, user, up_front).await?;
@@ -106,36 +113,55 @@ async fn read_request(
     paid: usize,
 ) -> Result<(DiscoverRequest, Zeroizing<Vec<u8>>), ApiError> {
     let limit = format.body_limit(state.max_batch);
-    let raw = match read_limited(declared, body, limit, state.body_pace).await {
-        Ok(raw) => raw,
-        // Refused on its head alone, never read: the minimum charged up front is its cost.
-        Err(refused) if declared.is_some_and(|len| len > limit) => return Err(refused.error),
-        Err(refused) => {
-            // A body that never came is charged what it announced (up to the limit).
-            let bytes = refused.received.max(declared.unwrap_or(0).min(limit));
-            charge_refused(state, user, format, bytes, paid).await;
-            return Err(refused.error);
-        }
-    };
+    let owed = |bytes| refused_cost(format, bytes, state.max_batch);
+    let raw = read_charged(state, user, body, declared, limit, paid, owed).await?;
     match protocol::decode_request(format, &raw, state.max_batch) {
         Ok(request) => Ok((request, raw)),
         Err(error) => {
-            charge_refused(state, user, format, raw.len(), paid).await;
+            charge_owed(state, user, owed(raw.len()), paid).await;
             Err(error.into())
         }
     }
 }
 
-/// What a request is charged before its body is read: the fingerprint count of a binary body
-/// of the `declared` length (at most `max_batch`: a larger batch is refused, charged a batch),
-/// else the one-fingerprint minimum. A body declared over the format's byte limit is refused
-/// on its head without being read: the minimum.
-fn up_front_cost(format: Format, declared: Option<usize>, max_batch: usize) -> usize {
-    match (format, declared) {
-        (_, Some(len)) if len > format.body_limit(max_batch) => 1,
-        (Format::Binary, Some(len)) => {
-            (len.saturating_sub(8 /* the epoch */) / FINGERPRINT_BYTES).clamp(1, max_batch)
+/// Reads a body of at most `limit` bytes. One refused for its pace or cut short is charged
+/// `owed(bytes)` beyond the `paid` units, its bytes being what it delivered or, if more, what
+/// it announced (up to the limit); one declared over the limit is refused on its head, never
+/// read, and the minimum charged up front is its cost. Shared by discovery and evaluation.
+pub(super) async fn read_charged(
+    state: &PublicState,
+    user: &UserId,
+    body: Body,
+    declared: Option<usize>,
+    limit: usize,
+    paid: usize,
+    owed: impl Fn(usize) -> usize,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    match read_limited(declared, body, limit, state.body_pace).await {
+        Ok(raw) => Ok(raw),
+        Err(refused) if declared.is_some_and(|len| len > limit) => Err(refused.error),
+        Err(refused) => {
+            let bytes = refused.received.max(declared.unwrap_or(0).min(limit));
+            charge_owed(state, user, owed(bytes), paid).await;
+            Err(refused.error)
         }
+    }
+}
+
+/// What a request is charged before its body is read: for a binary body of the `declared`
+/// length, the units it holds (`count(len)`, at least 1 and at most `max_batch`: a larger
+/// batch is refused, charged a batch), else the one-unit minimum. A body declared over the
+/// byte `limit` is refused on its head without being read: the minimum.
+pub(super) fn up_front_cost(
+    format: Format,
+    declared: Option<usize>,
+    limit: usize,
+    max_batch: usize,
+    count: impl Fn(usize) -> usize,
+) -> usize {
+    match (format, declared) {
+        (_, Some(len)) if len > limit => 1,
+        (Format::Binary, Some(len)) => count(len).clamp(1, max_batch),
         _ => 1,
     }
 }
@@ -151,27 +177,14 @@ pub(super) async fn charge(state: &PublicState, user: &UserId, n: usize) -> Resu
     })
 }
 
-/// Charges a refused body the fingerprints its `bytes` stand for, beyond what was charged up
-/// front; at most a batch.
-async fn charge_refused(
-    state: &PublicState,
-    user: &UserId,
-    format: Format,
-    bytes: usize,
-    paid: usize,
-) {
+/// The fingerprints a refused body of `bytes` stands for; at most a batch.
+fn refused_cost(format: Format, bytes: usize, max_batch: usize) -> usize {
     let per_fingerprint = match format {
         Format::Binary => FINGERPRINT_BYTES,
         // 11 base64url characters and two quotes: the least a JSON fingerprint takes.
         Format::Json => 13,
     };
-    charge_owed(
-        state,
-        user,
-        (bytes / per_fingerprint).min(state.max_batch),
-        paid,
-    )
-    .await;
+    (bytes / per_fingerprint).min(max_batch)
 }
 
 /// Charges what a refused request owes: `cost` units beyond the `paid` ones. The answer is

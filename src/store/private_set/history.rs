@@ -102,11 +102,7 @@ impl History {
         let shards = net
             .into_iter()
             .filter_map(|(shard, counts)| {
-                let (mut added, mut removed) = (Vec::new(), Vec::new());
-                for (value, count) in counts {
-                    let list = if count > 0 { &mut added } else { &mut removed };
-                    list.extend(std::iter::repeat_n(value, count.unsigned_abs() as usize));
-                }
+                let (added, removed) = split_net(counts);
                 let now = current.shards.get(shard as usize)?;
                 (!added.is_empty() || !removed.is_empty()).then_some(ShardDelta {
                     shard,
@@ -123,6 +119,17 @@ impl History {
             shards,
         })
     }
+}
+
+/// Net count changes per value as the sorted values to add and to remove (a value repeated
+/// once per copy); values whose changes cancel out appear in neither.
+pub(super) fn split_net(net: BTreeMap<u64, i64>) -> (Vec<u64>, Vec<u64>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    for (value, count) in net {
+        let list = if count > 0 { &mut added } else { &mut removed };
+        list.extend(std::iter::repeat_n(value, count.unsigned_abs() as usize));
+    }
+    (added, removed)
 }
 
 #[cfg(test)]

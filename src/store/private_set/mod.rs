@@ -285,12 +285,7 @@ fn net_changes(values: &[u64], changes: &[(u64, &Pending)]) -> (Vec<u64>, Vec<u6
         };
         *net.entry(*value).or_default() += step;
     }
-    let (mut added, mut removed) = (Vec::new(), Vec::new());
-    for (value, count) in net {
-        let list = if count > 0 { &mut added } else { &mut removed };
-        list.extend(std::iter::repeat_n(value, count.unsigned_abs() as usize));
-    }
-    (added, removed)
+    history::split_net(net)
 }
 
 impl PrivateSet {
