@@ -278,11 +278,28 @@ async fn readiness_waits_for_the_minimum_registry_size() {
     let ready = |app: &crate::helpers::TestApp| {
         let url = app.url("/readyz");
         let client = app.client.clone();
-        async move { client.get(url).send().await.unwrap().status().as_u16() }
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").cloned();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, retry_after, body)
+        }
     };
-    assert_eq!(ready(&app).await, 503);
+    // The 503 says why (the minimum, not the index, which is built) and nothing more: no count.
+    let (status, retry_after, body) = ready(&app).await;
+    assert_eq!(status, 503);
+    assert_eq!(retry_after.unwrap(), "1");
+    assert_eq!(body["code"], "not_ready");
+    assert_eq!(
+        body["message"],
+        "the service is not ready: fewer numbers are registered than \
+         --ready-min-registrations asks for"
+    );
     app.change(&["+4915112345678"], &[], &[]).await;
-    assert_eq!(ready(&app).await, 503);
+    let (status, _, body) = ready(&app).await;
+    assert_eq!(status, 503);
+    assert!(!body["message"].as_str().unwrap().contains('1'), "{body}");
     app.change(&[], &[], &["+15555550123"]).await;
-    assert_eq!(ready(&app).await, 200);
+    assert_eq!(ready(&app).await.0, 200);
 }

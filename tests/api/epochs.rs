@@ -244,6 +244,11 @@ async fn service_becomes_ready_after_a_clock_jump() {
                 assert!(response.headers().contains_key("retry-after"));
                 let body: serde_json::Value = response.json().await.unwrap();
                 assert_eq!(body["code"], "not_ready");
+                let message = body["message"].as_str().unwrap();
+                assert!(
+                    message.contains("the current epoch's match index is not built yet"),
+                    "{message}"
+                );
             }
             other => panic!("/readyz answered {other}"),
         }

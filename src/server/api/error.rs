@@ -51,6 +51,43 @@ impl Problems {
     }
 }
 
+/// Why the service is not ready (`503 not_ready`). Each is a fixed text about the service's own
+/// state: never a count, a threshold or anything else derived from what was uploaded or
+/// registered (`/readyz` answers on the public listener too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReadyCause {
+    /// Fewer numbers are registered than `--ready-min-registrations` asks for.
+    TooFewRegistrations,
+    /// The shared registry stream has not been read up to its head yet.
+    StreamCatchingUp,
+    /// The current epoch's match index is not built yet.
+    IndexBuilding,
+    /// The private mode's set of the current key epoch is not built yet.
+    PrivateSetBuilding,
+}
+
+impl NotReadyCause {
+    /// The cause for people.
+    pub fn message(self) -> &'static str {
+        match self {
+            NotReadyCause::TooFewRegistrations => {
+                "fewer numbers are registered than --ready-min-registrations asks for"
+            }
+            NotReadyCause::StreamCatchingUp => "the shared registry stream is not caught up yet",
+            NotReadyCause::IndexBuilding => "the current epoch's match index is not built yet",
+            NotReadyCause::PrivateSetBuilding => {
+                "the private mode's set of the current key epoch is not built yet"
+            }
+        }
+    }
+
+    /// The causes' messages, joined.
+    fn describe(causes: &[NotReadyCause]) -> String {
+        let messages: Vec<&str> = causes.iter().map(|cause| cause.message()).collect();
+        messages.join("; ")
+    }
+}
+
 /// Every way an API request can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -102,9 +139,9 @@ pub enum ApiError {
         /// Seconds to wait.
         retry_after: u64,
     },
-    /// The current epoch's index is not built yet.
-    #[error("the service is starting; the match index is not built yet")]
-    NotReady,
+    /// The service is not ready to answer; the causes say why (at least one).
+    #[error("the service is not ready: {}", NotReadyCause::describe(.0))]
+    NotReady(Vec<NotReadyCause>),
     /// Admin request names invalid numbers; nothing was applied.
     #[error("{} invalid numbers; nothing was applied", .0.total)]
     InvalidNumbers(Problems),
@@ -225,7 +262,7 @@ impl ApiError {
             UnknownShard { .. } | DeltaUnavailable => StatusCode::NOT_FOUND,
             InvalidQuery(_) => StatusCode::BAD_REQUEST,
             RateLimited { .. } | UserInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
-            NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Panic | Storage => StatusCode::INTERNAL_SERVER_ERROR,
@@ -249,7 +286,7 @@ impl ApiError {
             FingerprintLength { .. } => "invalid_fingerprint_length",
             EpochUnavailable(_) => "epoch_unavailable",
             RateLimited { .. } => "rate_limited",
-            NotReady => "not_ready",
+            NotReady(_) => "not_ready",
             InvalidNumbers(_) => "invalid_numbers",
             ConflictingChanges(_) => "conflicting_changes",
             NotFound => "not_found",
@@ -282,7 +319,7 @@ impl ApiError {
             RateLimited { retry_after }
             | Overloaded { retry_after }
             | UserInFlight { retry_after, .. } => Some(*retry_after),
-            NotReady | RegistryStreamUnavailable => Some(1),
+            NotReady(_) | RegistryStreamUnavailable => Some(1),
             _ => None,
         }
     }
@@ -419,7 +456,7 @@ mod tests {
                 max_batch: 1,
             })),
             ApiError::RateLimited { retry_after: 1 },
-            ApiError::NotReady,
+            ApiError::NotReady(vec![NotReadyCause::IndexBuilding]),
             ApiError::InvalidNumbers(Problems::default()),
             ApiError::ConflictingChanges(Problems::default()),
             ApiError::NotFound,
@@ -451,7 +488,7 @@ mod tests {
             let client_error = e.status().is_client_error();
             let server_side = matches!(
                 e,
-                ApiError::NotReady
+                ApiError::NotReady(_)
                     | ApiError::Panic
                     | ApiError::Storage
                     | ApiError::Overloaded { .. }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::response::{IntoResponse, Response};
 
 pub use caller::{Authenticator, Caller, bearer_token};
-pub use error::ApiError;
+pub use error::{ApiError, NotReadyCause};
 pub use observe::{BatchSize, ListenerService, Shed};
 pub use state::{AdminState, Observe, PublicState, Readiness};
 

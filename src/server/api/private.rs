@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::body::{declared_length, media_type};
+use super::error::NotReadyCause;
 use super::public::{charge, charge_owed, read_charged, up_front_cost};
 use super::{ApiError, Caller, PublicState};
 use crate::domain::Epoch;
@@ -81,7 +82,9 @@ impl Private {
                 EpochRefusal::Unavailable { current } => {
                     ApiError::KeyEpochUnavailable { current: current.0 }
                 }
-                EpochRefusal::NotReady => ApiError::NotReady,
+                EpochRefusal::NotReady => {
+                    ApiError::NotReady(vec![NotReadyCause::PrivateSetBuilding])
+                }
             })
     }
 

@@ -10,6 +10,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::body::{declared_length, media_type, read_limited};
+use super::error::NotReadyCause;
 use super::{ApiError, Caller, PublicState, Readiness};
 use crate::domain::{Epoch, FINGERPRINT_BYTES, UserId};
 use crate::protocol::{self, DiscoverRequest, EpochInfo, Format};
@@ -79,7 +80,7 @@ pub async fn discover(
             EpochRefusal::Unavailable { current } => {
                 ApiError::EpochUnavailable(Box::new(epoch_info(&state, current)))
             }
-            EpochRefusal::NotReady => ApiError::NotReady,
+            EpochRefusal::NotReady => ApiError::NotReady(vec![NotReadyCause::IndexBuilding]),
         })?;
 
     let n = request.fingerprints.len();
@@ -211,12 +212,13 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// `GET /readyz`: 200 once the current epoch's index is built and the registry holds at least
-/// `ready_min_registrations` numbers, else 503.
+/// `ready_min_registrations` numbers (see [`Readiness`]), else `503 not_ready` saying why.
 pub async fn readyz(State(readiness): State<Readiness>) -> Response {
-    if readiness.is_ready() {
+    let causes = readiness.unready_causes();
+    if causes.is_empty() {
         (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
     } else {
-        ApiError::NotReady.into_response()
+        ApiError::NotReady(causes).into_response()
     }
 }
 

@@ -11,6 +11,7 @@ use axum::extract::FromRef;
 
 use super::body::BodyPace;
 use super::caller::Authenticator;
+use super::error::NotReadyCause;
 use super::overload::UserInFlight;
 use super::private::PrivateMode;
 use crate::clock::Clock;
@@ -175,15 +176,30 @@ impl Readiness {
         }
     }
 
-    /// Whether the service should receive traffic now.
-    pub fn is_ready(&self) -> bool {
+    /// Why the service should not receive traffic now, in a fixed order; none when it should.
+    pub fn unready_causes(&self) -> Vec<NotReadyCause> {
         let counts = self.registry.counts();
-        let registry_loaded = counts.discoverable + counts.hidden >= self.min_registrations
-            && self.replica.as_ref().is_none_or(|r| r.synced());
         let now = self.clock.now_secs();
-        registry_loaded
-            && self.indexes.is_ready(now)
-            && self.private.as_ref().is_none_or(|sets| sets.is_ready(now))
+        let checks = [
+            (
+                counts.discoverable + counts.hidden >= self.min_registrations,
+                NotReadyCause::TooFewRegistrations,
+            ),
+            (
+                self.replica.as_ref().is_none_or(|r| r.synced()),
+                NotReadyCause::StreamCatchingUp,
+            ),
+            (self.indexes.is_ready(now), NotReadyCause::IndexBuilding),
+            (
+                self.private.as_ref().is_none_or(|sets| sets.is_ready(now)),
+                NotReadyCause::PrivateSetBuilding,
+            ),
+        ];
+        checks
+            .into_iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, cause)| cause)
+            .collect()
     }
 }
 
