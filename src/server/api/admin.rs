@@ -5,6 +5,7 @@
 //! scraper that reaches the listener without it learns nothing.
 
 use std::collections::HashSet;
+use std::marker::PhantomData;
 
 use axum::Json;
 use axum::body::Body;
@@ -12,7 +13,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::de::{Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::json;
 
 use super::body::{declared_length, media_type, read_limited};
@@ -86,6 +88,30 @@ struct ChangeRequest {
     remove: Bounded,
     #[serde(default)]
     hide: Bounded,
+}
+
+/// A JSON object only. A derived struct also takes an array of its fields in order
+/// (`[["+1"], [], []]`, and `[]` as an empty change), which the API does not define.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Object<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Object(PhantomData))
+            .map(ObjectOnly)
+    }
 }
 
 impl ChangeRequest {
@@ -198,7 +224,8 @@ pub async fn change_registrations(
         state.body_pace,
     )
     .await?;
-    let request: ChangeRequest = serde_json::from_slice(&raw).map_err(|err| {
+    let parsed = serde_json::from_slice::<ObjectOnly<ChangeRequest>>(&raw);
+    let ObjectOnly(request) = parsed.map_err(|err| {
         ApiError::MalformedBody(format!(
             "expected {{\"add\": [E.164...], \"remove\": [...], \"hide\": [...]}} (line {}, column {})",
             err.line(),
@@ -278,6 +305,26 @@ mod tests {
             add: v(add),
             remove: v(remove),
             hide: v(hide),
+        }
+    }
+
+    #[test]
+    fn a_change_is_an_object_only() {
+        let parse = |body: &str| serde_json::from_str::<ObjectOnly<ChangeRequest>>(body);
+        let ObjectOnly(request) = parse(r#"{"add": ["+1"], "hide": []}"#).unwrap();
+        assert_eq!(
+            (request.add.kept, request.hide.total),
+            (vec!["+1".to_owned()], 0)
+        );
+        assert_eq!(parse("{}").unwrap().0.operations(), 0);
+        for bad in [
+            "[]",
+            r#"[["+1"], [], []]"#,
+            r#"{"add": [], "add": []}"#,
+            r#"{"other": []}"#,
+            "null",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
         }
     }
 
