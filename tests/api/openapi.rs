@@ -51,7 +51,14 @@ fn spec() -> serde_json::Value {
 fn operations(spec: &serde_json::Value) -> Vec<(String, String, Vec<String>, Vec<u16>)> {
     let mut ops = Vec::new();
     for (path, item) in spec["paths"].as_object().unwrap() {
-        for (method, op) in item.as_object().unwrap() {
+        // A path item also holds `servers` (which listener serves it), not an operation.
+        let methods = item.as_object().unwrap().iter().filter(|(key, _)| {
+            [
+                "get", "put", "post", "delete", "options", "head", "patch", "trace",
+            ]
+            .contains(&key.as_str())
+        });
+        for (method, op) in methods {
             let codes = op["x-error-codes"]
                 .as_array()
                 .unwrap_or_else(|| panic!("{method} {path} lists x-error-codes"))
