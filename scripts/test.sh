@@ -37,6 +37,9 @@ if [ -n "$server_crates$hyper_server" ]; then
 fi
 cargo test --locked --all-targets --features test-hooks
 cargo test --locked --doc --features test-hooks
+# docs/openapi.yaml against the running server, both listeners: Schemathesis (PyPI), every check
+# and phase (the stateful one through the spec's links), bounded to about a minute.
+scripts/schemathesis.sh
 # The Kubernetes manifests against the API schemas (kubernetes-validate from PyPI).
 scripts/validate-manifests.sh
 # Every fuzz target for a bounded time (FUZZ_SECONDS each, default 10) on the stable toolchain.
