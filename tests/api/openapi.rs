@@ -576,6 +576,32 @@ async fn every_documented_route_exists_and_produces_its_documented_error_codes()
     app.stop().await;
 }
 
+/// Each path names the listener that serves it as the router has it: the admin paths the admin
+/// listener only, the health paths both, every other path none of its own (the spec's default,
+/// the public listener). Schemathesis and other tools send each operation to that server.
+#[test]
+fn every_path_names_the_listeners_that_serve_it() {
+    let spec = spec();
+    let url = |server: &serde_json::Value| server["url"].as_str().unwrap().to_owned();
+    let public = url(&spec["servers"][0]);
+    let admin = "http://127.0.0.1:9090".to_owned();
+    assert_eq!(spec["servers"].as_array().unwrap().len(), 1);
+    assert_eq!(public, "http://127.0.0.1:8080");
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        let servers: Option<Vec<String>> = item
+            .get("servers")
+            .map(|list| list.as_array().unwrap().iter().map(url).collect());
+        let expected = if is_admin(path) {
+            Some(vec![admin.clone()])
+        } else if path == "/healthz" || path == "/readyz" {
+            Some(vec![public.clone(), admin.clone()])
+        } else {
+            None
+        };
+        assert_eq!(servers, expected, "{path}");
+    }
+}
+
 #[test]
 fn every_api_error_code_is_in_the_spec() {
     let spec = spec();

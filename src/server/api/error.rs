@@ -499,6 +499,21 @@ mod tests {
     }
 
     #[test]
+    fn not_ready_names_every_cause_in_fixed_words() {
+        let error = ApiError::NotReady(vec![
+            NotReadyCause::TooFewRegistrations,
+            NotReadyCause::PrivateSetBuilding,
+        ]);
+        assert_eq!(
+            error.to_string(),
+            "the service is not ready: fewer numbers are registered than \
+             --ready-min-registrations asks for; the private mode's set of the current key epoch \
+             is not built yet"
+        );
+        assert_eq!((error.code(), error.retry_after()), ("not_ready", Some(1)));
+    }
+
+    #[test]
     fn binary_errors() {
         assert!(matches!(
             decode(Format::Binary, &[0; 7], 10),
