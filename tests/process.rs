@@ -1,5 +1,5 @@
 //! The real binary as a child process: kill -9 durability, SIGTERM, core dumps, registry CLI,
-//! `loadgen` with registry changes.
+//! `loadgen` with registry changes and its output files.
 
 mod common;
 
@@ -792,6 +792,49 @@ fn the_dockerfile_health_check_command_works() {
     server.kill9();
     let gone = Command::new(BIN).args(&command).output().unwrap();
     assert!(!gone.status.success(), "a dead server fails the check");
+}
+
+/// `loadgen --hdr-log FILE --plot FILE.svg` as typed: the binary writes both files when the run
+/// ends, replacing what was there (tests/api/loadgen.rs checks their content against the
+/// report), and refuses an output directory that does not exist before sending anything.
+#[test]
+fn loadgen_writes_the_files_its_flags_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), &["--insecure-no-auth"]);
+    let out = tempfile::tempdir().unwrap();
+    let (log, svg) = (out.path().join("run.hlog"), out.path().join("run.svg"));
+    std::fs::write(&log, "an older log").unwrap();
+    let loadgen = |log: &Path, svg: &Path| {
+        Command::new(BIN)
+            .args(["loadgen", "--anonymous", "--server"])
+            .arg(format!("http://{}", server.public))
+            .args(["--registry-size", "100", "--pool", "100", "--rate", "20"])
+            .args(["--duration", "500ms", "--batch", "5", "--json", "--hdr-log"])
+            .arg(log)
+            .arg("--plot")
+            .arg(svg)
+            .output()
+            .unwrap()
+    };
+    let ran = loadgen(&log, &svg);
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with("#[contact-discovery loadgen: open loop at 20 requests/s"));
+    let intervals: Vec<&str> = text.lines().filter(|l| l.starts_with("0.000,")).collect();
+    assert_eq!(intervals.len(), 1, "{text}");
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+
+    let missing = out.path().join("no-such-dir").join("run.svg");
+    let refused = loadgen(&log, &missing);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("is not a directory"), "{said}");
+    assert!(refused.stdout.is_empty(), "no run, no report");
+    server.kill9();
 }
 
 /// `loadgen --change-rate` against a real server: admin changes go out while the discovery load

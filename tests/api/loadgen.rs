@@ -33,6 +33,8 @@ fn args(server: String, data_dir: std::path::PathBuf) -> LoadgenArgs {
         threads: 1,
         server_pid: Some(std::process::id()),
         json: true,
+        hdr_log: None,
+        plot: None,
         redis: None,
         changes: ChangeArgs::default(),
     }
@@ -138,4 +140,168 @@ async fn a_closed_loop_run_reports_its_connections_not_a_rate() {
     assert!(text.contains("in a closed loop on 3 connections"), "{text}");
     assert!(!text.contains("scheduled at"), "{text}");
     app.stop().await;
+}
+
+/// `--hdr-log` and `--plot`: the interval log holds exactly the requests the report counts, one
+/// interval a second of scheduled start, and reads back the same with the crate's reader and
+/// with HdrHistogram's Python port (independent code, via scripts/read-hdr-log.sh); the plot is
+/// well-formed XML with both charts. Existing files are replaced, and no temporary is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_leaves_an_interval_log_and_a_plot_that_agree_with_its_report() {
+    let app = app_with_300_numbers().await;
+    let out = tempfile::tempdir().unwrap();
+    let mut args = args(format!("http://{}", app.public), app.data_dir.clone());
+    let log_path = out.path().join("run.hlog");
+    let svg_path = out.path().join("run.svg");
+    args.hdr_log = Some(log_path.clone());
+    args.plot = Some(svg_path.clone());
+    std::fs::write(&svg_path, "an older run's plot").unwrap();
+    let report = run(&args).await.unwrap();
+    app.stop().await;
+    let j = report.as_json();
+    // 200/s for 1.5 s: 300 requests, an even count (see the Python check's p50).
+    assert_eq!(j["completed"], 300, "{j}");
+    let latency = |q: &str| (j["latency_ms"][q].as_f64().unwrap() * 1_000.0).round() as u64;
+
+    let intervals = hdr_log_intervals(&std::fs::read(&log_path).unwrap());
+    let shape: Vec<(u128, u128)> = intervals
+        .iter()
+        .map(|(start, length, _)| (start.as_millis(), length.as_millis()))
+        .collect();
+    assert_eq!(shape, [(0, 1_000), (1_000, 500)]);
+    let mut total = intervals[0].2.clone();
+    total.add(&intervals[1].2).unwrap();
+    assert_eq!(total.len(), 300);
+    assert_eq!(total.value_at_quantile(0.99), latency("p99"), "{j}");
+    assert_eq!(total.max(), latency("max"), "{j}");
+    let per_second: Vec<u64> = intervals.iter().map(|(_, _, h)| h.len()).collect();
+    let reported: Vec<u64> = j["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["requests"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_second, reported, "{j}");
+
+    match read_with_python(&log_path) {
+        Some(py) => {
+            assert_eq!(py["count"], 300, "{py}");
+            assert_eq!(py["max_us"], latency("max"), "{py} {j}");
+            // Python rounds the count at a percentile where Rust rounds up; at p50 of an even
+            // count both pick the same request.
+            assert_eq!(py["p50_us"], latency("p50"), "{py} {j}");
+            let counts: Vec<u64> = py["intervals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["count"].as_u64().unwrap())
+                .collect();
+            assert_eq!(counts, reported, "{py}");
+            assert_eq!(py["intervals"][1]["offset_s"], 1.0, "{py}");
+            assert_eq!(py["intervals"][1]["length_s"], 0.5, "{py}");
+        }
+        None => eprintln!(
+            "SKIPPED the HdrHistogram_py check of --hdr-log: no python3 on PATH (install python3 \
+             and python3-venv to run it)"
+        ),
+    }
+
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let texts = svg_texts(&svg);
+    let has = |needle: &str| texts.iter().any(|t| t.contains(needle));
+    assert!(has("Latency by percentile"), "{texts:?}");
+    assert!(has("Latency over time"), "{texts:?}");
+    assert!(
+        has("open loop at 200 requests/s for 1s 500ms, binary encoding, batch lognormal:40:0.8"),
+        "{texts:?}"
+    );
+    for label in ["99%", "99.9%", "latency (ms)", "p50", "p99", "max"] {
+        assert!(texts.iter().any(|t| t == label), "{label} in {texts:?}");
+    }
+    // The spectrum, and p50, p99 and max over time: four lines.
+    assert!(svg.matches("<polyline").count() >= 4, "{svg}");
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "no temporary files left: {left:?}");
+}
+
+/// (start, length, histogram) of each interval of an interval log, read with the crate's
+/// `IntervalLogIterator` and V2 deserializer.
+fn hdr_log_intervals(log: &[u8]) -> Vec<(Duration, Duration, hdrhistogram::Histogram<u64>)> {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::Deserializer;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    let mut deserializer = Deserializer::new();
+    let mut base_time = None;
+    let mut intervals = Vec::new();
+    for entry in IntervalLogIterator::new(log) {
+        match entry.unwrap() {
+            LogEntry::BaseTime(t) => base_time = Some(t),
+            LogEntry::StartTime(_) => {}
+            LogEntry::Interval(i) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(i.encoded_histogram())
+                    .unwrap();
+                let h = deserializer.deserialize(&mut bytes.as_slice()).unwrap();
+                intervals.push((i.start_timestamp(), i.duration(), h));
+            }
+        }
+    }
+    assert!(
+        base_time.is_some(),
+        "timestamps are offsets from a BaseTime"
+    );
+    intervals
+}
+
+/// What HdrHistogram_py reads in the log (scripts/read-hdr-log.sh), or None without python3.
+fn read_with_python(log: &std::path::Path) -> Option<serde_json::Value> {
+    let python = std::process::Command::new("python3")
+        .arg("--version")
+        .output();
+    if !python.is_ok_and(|o| o.status.success()) {
+        return None;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/read-hdr-log.sh");
+    let out = std::process::Command::new(script)
+        .arg(log)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// The text of every element of an SVG document, after checking it is well-formed: one `<svg>`
+/// root, every element closed in order (quick-xml checks end names), nothing after the root.
+fn svg_texts(svg: &str) -> Vec<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(svg);
+    let (mut depth, mut roots, mut texts) = (0usize, Vec::new(), Vec::new());
+    loop {
+        match reader.read_event().unwrap() {
+            Event::Start(e) => {
+                if depth == 0 {
+                    roots.push(String::from_utf8_lossy(e.name().as_ref()).into_owned());
+                }
+                depth += 1;
+            }
+            Event::End(_) => depth -= 1,
+            Event::Empty(e) if depth == 0 => {
+                roots.push(String::from_utf8_lossy(e.name().as_ref()).into_owned());
+            }
+            Event::Text(t) => texts.push(t.decode().unwrap().trim().to_owned()),
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    assert_eq!(depth, 0, "every element closed");
+    assert_eq!(roots, ["svg"]);
+    texts.retain(|t| !t.is_empty());
+    texts
 }

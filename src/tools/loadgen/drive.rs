@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::bodies::{Bodies, Pools, Prepared};
+use super::timeline;
 use super::{LoadgenArgs, fetch_epoch};
 use crate::client::Client;
 use crate::protocol::{self, Format};
@@ -32,7 +33,8 @@ pub(super) struct Tally {
     pub fingerprints_answered: AtomicU64,
     pub expected_hits: AtomicU64,
     pub matches: AtomicU64,
-    /// Per second of the run: latency histogram of requests scheduled in it.
+    /// Per interval of the run (`timeline::interval_of`): latency histogram of requests
+    /// scheduled in it. Together they hold every request `latency` holds.
     pub timeline: Mutex<Vec<Histogram<u64>>>,
     /// Requests answered 410 and sent again under the refetched epoch (counted once, by
     /// their final status).
@@ -40,14 +42,18 @@ pub(super) struct Tally {
 }
 
 impl Tally {
-    fn new(seconds: f64) -> Self {
+    fn new(duration: Duration) -> Self {
         Self {
             latency: Mutex::new(histogram()),
             statuses: Mutex::new(BTreeMap::new()),
             fingerprints_answered: AtomicU64::new(0),
             expected_hits: AtomicU64::new(0),
             matches: AtomicU64::new(0),
-            timeline: Mutex::new((0..=seconds.ceil() as usize).map(|_| histogram()).collect()),
+            timeline: Mutex::new(
+                (0..timeline::intervals_for(duration))
+                    .map(|_| histogram())
+                    .collect(),
+            ),
             resent_after_410: AtomicU64::new(0),
         }
     }
@@ -102,6 +108,8 @@ pub(super) struct Load {
     slots: Arc<Semaphore>,
     progress: indicatif::ProgressBar,
     started: Instant,
+    /// The wall-clock time of `started`, for the interval log's `StartTime`.
+    pub started_at: SystemTime,
 }
 
 impl Load {
@@ -126,10 +134,11 @@ impl Load {
             pools,
             bodies: RwLock::new(Arc::new(bodies)),
             refetching: tokio::sync::Mutex::new(()),
-            tally: Tally::new(args.duration.as_secs_f64()),
+            tally: Tally::new(args.duration),
             slots: Arc::new(Semaphore::new(args.max_in_flight.max(1))),
             progress: progress_bar(args),
             started: Instant::now(),
+            started_at: SystemTime::now(),
         })
     }
 
@@ -313,10 +322,15 @@ async fn refresh_bodies(load: &Load, stale_epoch: u64) {
 fn record(load: &Load, scheduled: Instant, status: u16) {
     let micros = (scheduled.elapsed().as_micros().max(1) as u64).min(MAX_MICROS);
     let _ = load.tally.latency.lock().record(micros);
-    let second = scheduled.duration_since(load.started).as_secs() as usize;
-    if let Some(h) = load.tally.timeline.lock().get_mut(second) {
+    let interval = timeline::interval_of(scheduled.duration_since(load.started));
+    // A closed-loop start a hair past the end joins the last interval, so the intervals hold
+    // every request the report counts.
+    let mut timeline = load.tally.timeline.lock();
+    let last = timeline.len().saturating_sub(1);
+    if let Some(h) = timeline.get_mut(interval.min(last)) {
         let _ = h.record(micros);
     }
+    drop(timeline);
     *load.tally.statuses.lock().entry(status).or_default() += 1;
     load.progress.inc(1);
 }

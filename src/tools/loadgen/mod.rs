@@ -10,13 +10,18 @@
 //! does not dominate (the server still needs a high `--rate-limit-burst`).
 //! Against a server run with `--insecure-no-auth`, `--anonymous` sends none and needs no key. With
 //! `--change-rate`, registry changes go to the admin listener at the same time and the report
-//! says how long each took to become visible (see `changes`).
+//! says how long each took to become visible (see `changes`). `--hdr-log` and `--plot` leave
+//! the latencies as an HdrHistogram interval log and as SVG charts (see `output`).
 
 mod bodies;
 mod changes;
 mod drive;
+mod hdr_log;
+mod output;
+mod plot;
 mod redis;
 mod report;
+mod timeline;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +40,7 @@ pub use changes::{ChangeArgs, ChangeMix};
 use changes::{ChangeThread, ChangesSummary};
 use drive::{Driven, Load};
 pub use report::Report;
+use timeline::Recording;
 
 /// Settings of a load run.
 #[derive(Debug, Clone, clap::Args)]
@@ -100,6 +106,18 @@ pub struct LoadgenArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the latencies as an HdrHistogram interval log (compressed V2 histograms, the
+    /// format of HistogramLogProcessor, HistogramLogAnalyzer and the HdrHistogram ports): one
+    /// histogram per second of scheduled start, values in microseconds, the same requests as
+    /// the report's latency (every completed request, whatever its status). Written when the
+    /// run ends, via FILE.tmp and a rename; an existing FILE is replaced.
+    #[arg(long, value_name = "FILE")]
+    pub hdr_log: Option<PathBuf>,
+    /// Also draw the latencies as an SVG: the percentile spectrum of the run and p50/p99/max
+    /// per second, the same requests as the report's latency. Written when the run ends, via
+    /// FILE.svg.tmp and a rename; an existing file is replaced.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     /// Query Redis at HOST:PORT instead, for the side-by-side comparison: fills a set with the
     /// fingerprints of the whole generated registry under the server's current salt, then sends
     /// `SMISMEMBER` with the same batches, closed loop on `--max-in-flight` connections.
@@ -141,6 +159,16 @@ impl std::str::FromStr for BatchSizes {
         match text.parse::<usize>() {
             Ok(n) if n > 0 => Ok(BatchSizes::Fixed(n)),
             _ => Err("expected a positive number or lognormal:MEDIAN:SIGMA".into()),
+        }
+    }
+}
+
+/// The flag's own spelling (`1000`, `lognormal:300:1`), for titles and headers.
+impl std::fmt::Display for BatchSizes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchSizes::Fixed(n) => write!(f, "{n}"),
+            BatchSizes::LogNormal { median, sigma } => write!(f, "lognormal:{median}:{sigma}"),
         }
     }
 }
@@ -214,6 +242,8 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
     let changes = changes?;
     let cpu_after = args.server_pid.and_then(process_cpu_seconds);
     let server_cpu_seconds = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
+    let recording = recording(args, &load);
+    output::write(args, &recording)?;
     Ok(report(
         args,
         first.epoch,
@@ -221,6 +251,7 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
         driven,
         server_cpu_seconds,
         changes,
+        recording,
     ))
 }
 
@@ -238,7 +269,12 @@ fn validate(args: &LoadgenArgs) -> Result<(), LoadgenError> {
             "--change-rate does not apply to the Redis comparison (--redis)".into(),
         ));
     }
-    Ok(())
+    if (args.hdr_log.is_some() || args.plot.is_some()) && args.redis.is_some() {
+        return Err(LoadgenError::Invalid(
+            "--hdr-log and --plot do not apply to the Redis comparison (--redis)".into(),
+        ));
+    }
+    output::check(args)
 }
 
 /// Who the run's requests say they are.
@@ -315,6 +351,17 @@ async fn fetch_epoch(client: &Client, server: &str) -> Result<EpochInfo, Loadgen
     })
 }
 
+/// What the finished run recorded over time; the tally's timeline is moved out, not copied
+/// (a long run holds one histogram per second).
+fn recording(args: &LoadgenArgs, load: &Load) -> Recording {
+    Recording {
+        started_at: load.started_at,
+        duration: args.duration,
+        latency: load.tally.latency.lock().clone(),
+        timeline: std::mem::take(&mut *load.tally.timeline.lock()),
+    }
+}
+
 /// The report of a finished run.
 fn report(
     args: &LoadgenArgs,
@@ -323,6 +370,7 @@ fn report(
     driven: Driven,
     server_cpu_seconds: Option<f64>,
     changes: Option<ChangesSummary>,
+    recording: Recording,
 ) -> Report {
     let tally = &load.tally;
     Report::new(report::Inputs {
@@ -331,13 +379,13 @@ fn report(
         late: driven.late,
         sending: driven.sending,
         elapsed: driven.elapsed,
-        latency: tally.latency.lock().clone(),
+        latency: recording.latency,
         statuses: tally.statuses.lock().clone(),
         fingerprints_answered: tally.fingerprints_answered.load(Ordering::Relaxed),
         expected_hits: tally.expected_hits.load(Ordering::Relaxed),
         matches: tally.matches.load(Ordering::Relaxed),
         server_cpu_seconds,
-        timeline: tally.timeline.lock().clone(),
+        timeline: recording.timeline,
         first_epoch,
         final_epoch: load.current_epoch(),
         resent_after_410: tally.resent_after_410.load(Ordering::Relaxed),
