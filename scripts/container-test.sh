@@ -27,7 +27,9 @@ IMAGE=cd-test/contact-discovery:test
 RUNTIME_BASE=cd-test/runtime-base:bookworm
 NAME=cd-test-server
 VOLUME=cd-test-data
-GRACE=30
+# docker stop's grace period, as deploy/docker-compose.yml sets it: above the server's own drain
+# timeout (30 s), so a server that drains exits by itself before it would be killed.
+GRACE=40
 
 # ---- phases and their times ------------------------------------------------------------------
 phase_start=$(date +%s.%N)
@@ -146,9 +148,11 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/cd-container.XXXXXX")
 mkdir "${TMP}/client" "${TMP}/book"
 echo '{}' > "${TMP}/daemon.json"
 DOCKERD_STARTED=yes
+# Its own containerd namespaces too, in case it finds a system containerd running and uses it.
 $SUDO dockerd --config-file "${TMP}/daemon.json" --iptables=false --ip-forward=false \
     --bridge=none --storage-driver=vfs --data-root "${TMP}/root" --exec-root "${TMP}/exec" \
     --pidfile "${TMP}/dockerd.pid" --host "unix://${TMP}/docker.sock" \
+    --containerd-namespace cd-container-test --containerd-plugins-namespace cd-container-test-plugins \
     > "${TMP}/dockerd.log" 2>&1 &
 DOCKERD_PID=$!
 # Why the daemon failed: its last fatal or error line, else its last line.
