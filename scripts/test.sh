@@ -16,6 +16,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
 fi
+# A test that cannot run here says so with a `SKIPPED: …` line when it skips, and again in a
+# summary at the end, so that a skip cannot pass unseen.
+skip_report=$(mktemp)
+export CONTAINER_TEST_SKIP_REPORT=${skip_report}
+summarise_skips() {
+    local status=$?
+    if [ -s "${skip_report}" ]; then
+        echo "== skipped in this run ==" >&2
+        cat "${skip_report}" >&2
+    fi
+    rm -f "${skip_report}"
+    exit "${status}"
+}
+trap summarise_skips EXIT
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets --all-features -- -D warnings
 # What we depend on (deny.toml): licences, duplicate versions, crate sources. cargo-deny comes
@@ -40,6 +54,10 @@ cargo test --locked --doc --features test-hooks
 # docs/openapi.yaml against the running server, both listeners: Schemathesis (PyPI), every check
 # and phase (the stateful one through the spec's links), bounded to about a minute.
 scripts/schemathesis.sh
+# The container image built from deploy/Dockerfile (bases from Debian's packages, the binary
+# cargo test just built) and run under a Docker daemon of its own: non-root, read-only, healthy,
+# a discovery inside, SIGTERM draining. Skips, loudly, only if no daemon can run here.
+scripts/container-test.sh
 # The Kubernetes manifests against the API schemas (kubernetes-validate from PyPI).
 scripts/validate-manifests.sh
 # Every fuzz target for a bounded time (FUZZ_SECONDS each, default 10) on the stable toolchain.

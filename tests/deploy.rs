@@ -446,6 +446,129 @@ fn overlay_builds_on_the_base_and_generates_the_secret() {
     );
 }
 
+// ---- Dockerfile ------------------------------------------------------------------------------
+//
+// scripts/container-test.sh builds and runs the image with other bases (no registry there); these
+// check what it cannot: the defaults a published build uses.
+
+/// The Dockerfile's instructions, continuation lines joined, comments and blank lines dropped.
+fn dockerfile_instructions() -> Vec<String> {
+    let text = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if current.is_empty() && (line.is_empty() || line.starts_with('#')) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => current.push_str(head),
+            None => {
+                current.push_str(line);
+                instructions.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    instructions
+}
+
+#[test]
+fn dockerfile_defaults_are_the_published_bases() {
+    let instructions = dockerfile_instructions();
+    let first_from = instructions
+        .iter()
+        .position(|i| i.starts_with("FROM "))
+        .unwrap();
+    let args: std::collections::BTreeMap<&str, &str> = instructions[..first_from]
+        .iter()
+        .map(|i| {
+            let arg = i
+                .strip_prefix("ARG ")
+                .expect("only ARGs before the first FROM");
+            arg.split_once('=').expect("every global ARG has a default")
+        })
+        .collect();
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let rust_version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"');
+    assert_eq!(
+        args,
+        std::collections::BTreeMap::from([
+            ("RUST_VERSION", rust_version),
+            ("BUILD_IMAGE", "rust:${RUST_VERSION}-bookworm"),
+            ("RUNTIME_IMAGE", "gcr.io/distroless/cc-debian12:nonroot"),
+            ("BINARY_FROM", "compile"),
+        ]),
+        "the published build compiles on the Rust image of the minimum supported Rust version and \
+         runs on distroless"
+    );
+    let stages: Vec<&str> = instructions
+        .iter()
+        .filter_map(|i| i.strip_prefix("FROM "))
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "${BUILD_IMAGE} AS compile",
+            "scratch AS prebuilt",
+            "${BINARY_FROM} AS binary",
+            "${RUNTIME_IMAGE}",
+        ]
+    );
+    // The runtime stage: the binary from the chosen stage, /data made by the non-root user (a
+    // fresh named volume takes its owner), and it runs as that user.
+    let runtime = &instructions[instructions
+        .iter()
+        .rposition(|i| i.starts_with("FROM "))
+        .unwrap()..];
+    let at = |wanted: &str| {
+        runtime
+            .iter()
+            .position(|i| i == wanted)
+            .unwrap_or_else(|| panic!("the runtime stage has `{wanted}`"))
+    };
+    at("COPY --from=binary /out/contact-discovery /usr/local/bin/contact-discovery");
+    assert!(at("USER 65532:65532") < at("WORKDIR /data"));
+    assert!(runtime.iter().filter(|i| i.starts_with("USER ")).count() == 1);
+}
+
+#[test]
+fn dockerignore_lets_through_only_the_prebuilt_binary() {
+    let instructions = dockerfile_instructions();
+    let copied: Vec<&str> = instructions
+        .iter()
+        .skip_while(|i| *i != "FROM scratch AS prebuilt")
+        .skip(1)
+        .take_while(|i| !i.starts_with("FROM "))
+        .filter_map(|i| i.strip_prefix("COPY "))
+        .collect();
+    let [copy] = copied.as_slice() else {
+        panic!("the prebuilt stage copies one file: {copied:?}");
+    };
+    let source = copy.split_whitespace().next().unwrap();
+    let ignore = std::fs::read_to_string(deploy_dir().join("Dockerfile.dockerignore")).unwrap();
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let exceptions: Vec<&str> = patterns
+        .iter()
+        .filter_map(|p| p.strip_prefix('!'))
+        .collect();
+    assert_eq!(exceptions, [source]);
+    for excluded in ["target", "data", ".git", "fuzz/target"] {
+        assert!(patterns.contains(&excluded), "{excluded} is excluded");
+    }
+    // The exception comes after the rule it overrides.
+    let position = |p: &str| patterns.iter().position(|x| *x == p).unwrap();
+    assert!(position("target") < position(&format!("!{source}")));
+}
+
 // ---- Metric names against a running server ---------------------------------------------------
 
 /// Every `contact_discovery_*` identifier in `text`.
