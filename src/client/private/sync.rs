@@ -143,6 +143,20 @@ impl Client {
         })
     }
 
+    /// `GET /v1/private/set`, unconditionally: the current manifest, for a caller that needs
+    /// its key epoch and `max_batch` but not the set (the load generator, which evaluates
+    /// without matching). 429 and 503 (a set still building) are waited out as in a sync.
+    pub async fn fetch_set_manifest(&self) -> Result<SetManifest, ClientError> {
+        let (mut stats, mut waited) = (SyncStats::default(), Duration::ZERO);
+        match self.fetch_manifest(None, &mut stats, &mut waited).await? {
+            Fetched::Body(manifest) => Ok(manifest),
+            // Without If-None-Match the server has no reason to answer 304.
+            Fetched::NotModified | Fetched::Gone | Fetched::Unavailable => {
+                Err(ClientError::ManifestShape)
+            }
+        }
+    }
+
     /// `GET /v1/private/set`, conditional on the version held.
     async fn fetch_manifest(
         &self,
