@@ -34,19 +34,19 @@ impl Pools {
 pub(super) struct Prepared {
     /// The encoded body.
     pub body: Bytes,
-    /// Fingerprints in it.
-    pub fingerprints: usize,
+    /// Items in it: fingerprints, or blinded elements in the private mode.
+    pub size: usize,
     /// How many of them are hits.
     pub expected_hits: usize,
 }
 
-/// Prepared request bodies for one epoch.
+/// Prepared request bodies for one epoch (one key epoch in the private mode).
 pub(super) struct Bodies {
     /// The epoch they were fingerprinted for.
     pub epoch: u64,
     /// The bodies, sent in turn.
     pub items: Vec<Prepared>,
-    /// The fingerprints of each body (for the Redis comparison).
+    /// The fingerprints of each body (for the Redis comparison; empty in the private mode).
     pub batches: Vec<Vec<Fingerprint>>,
 }
 
@@ -61,6 +61,7 @@ impl Bodies {
         let hit_fps = fingerprints(&salt, &pools.hits);
         let miss_fps = fingerprints(&salt, &pools.misses);
         let mut rng = ChaCha8Rng::seed_from_u64(info.epoch);
+        let hit_ratio = args.hit_ratio.unwrap_or(super::DEFAULT_HIT_RATIO);
         let mut batches = Vec::new();
         let items = (0..args.bodies.max(1))
             .map(|_| {
@@ -68,7 +69,7 @@ impl Bodies {
                 let mut expected_hits = 0;
                 let fps: Vec<Fingerprint> = (0..n)
                     .map(|_| {
-                        if rng.random_bool(args.hit_ratio) {
+                        if rng.random_bool(hit_ratio) {
                             expected_hits += 1;
                             hit_fps[rng.random_range(0..hit_fps.len())]
                         } else {
@@ -80,7 +81,7 @@ impl Bodies {
                 batches.push(fps);
                 Prepared {
                     body,
-                    fingerprints: n,
+                    size: n,
                     expected_hits,
                 }
             })

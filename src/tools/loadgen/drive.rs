@@ -11,11 +11,16 @@ use hdrhistogram::Histogram;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::bodies::{Bodies, Pools, Prepared};
+use super::LoadgenArgs;
+use super::bodies::{Bodies, Prepared};
 use super::timeline;
-use super::{LoadgenArgs, fetch_epoch};
+use super::workload::Workload;
 use crate::client::Client;
-use crate::protocol::{self, Format};
+use crate::protocol::Format;
+
+/// The status a 200 is recorded under when its body does not decode with one entry per item
+/// sent: a wrong answer, counted as an error like any status but 200.
+pub(super) const UNDECODABLE: u16 = 1;
 
 /// Longest latency recorded, in microseconds (10 min).
 pub(super) const MAX_MICROS: u64 = 600_000_000;
@@ -28,9 +33,11 @@ pub(super) fn histogram() -> Histogram<u64> {
 /// What the request tasks record.
 pub(super) struct Tally {
     pub latency: Mutex<Histogram<u64>>,
-    /// Requests by HTTP status; 0 for transport errors.
+    /// Requests by HTTP status; 0 for transport errors, [`UNDECODABLE`] for a 200 that did not
+    /// decode.
     pub statuses: Mutex<BTreeMap<u16, u64>>,
-    pub fingerprints_answered: AtomicU64,
+    /// Fingerprints (private mode: elements) in the requests answered 200.
+    pub items_answered: AtomicU64,
     pub expected_hits: AtomicU64,
     pub matches: AtomicU64,
     /// Per interval of the run (`timeline::interval_of`): latency histogram of requests
@@ -46,7 +53,7 @@ impl Tally {
         Self {
             latency: Mutex::new(histogram()),
             statuses: Mutex::new(BTreeMap::new()),
-            fingerprints_answered: AtomicU64::new(0),
+            items_answered: AtomicU64::new(0),
             expected_hits: AtomicU64::new(0),
             matches: AtomicU64::new(0),
             timeline: Mutex::new(
@@ -60,8 +67,8 @@ impl Tally {
 
     /// Counts a 200 answer to `sent` that reported `matches` registered fingerprints.
     fn answered(&self, sent: &Prepared, matches: u64) {
-        self.fingerprints_answered
-            .fetch_add(sent.fingerprints as u64, Ordering::Relaxed);
+        self.items_answered
+            .fetch_add(sent.size as u64, Ordering::Relaxed);
         self.expected_hits
             .fetch_add(sent.expected_hits as u64, Ordering::Relaxed);
         self.matches.fetch_add(matches, Ordering::Relaxed);
@@ -93,14 +100,15 @@ pub(super) struct Driven {
 /// Everything the request tasks share.
 pub(super) struct Load {
     args: LoadgenArgs,
-    /// Sends the discovery requests (its own pool, sized for `--max-in-flight`).
+    /// Sends the load's requests (its own pool, sized for `--max-in-flight`).
     http: reqwest::Client,
-    /// The library client, for the epoch after a 410.
+    /// The library client, for the epoch (or the key epoch) after a 410.
     epochs: Client,
-    discover_url: String,
+    /// `/v1/discover` or `/v1/private/evaluate`.
+    url: String,
     /// `Authorization` header values, used in turn.
     tokens: Vec<String>,
-    pools: Pools,
+    workload: Workload,
     bodies: RwLock<Arc<Bodies>>,
     /// One refetch at a time; later 410s for the same epoch find it done.
     refetching: tokio::sync::Mutex<()>,
@@ -118,7 +126,7 @@ impl Load {
         args: &LoadgenArgs,
         epochs: Client,
         tokens: Vec<String>,
-        pools: Pools,
+        workload: Workload,
         bodies: Bodies,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -129,9 +137,9 @@ impl Load {
             args: args.clone(),
             http,
             epochs,
-            discover_url: format!("{}/v1/discover", args.server.trim_end_matches('/')),
+            url: format!("{}{}", args.server.trim_end_matches('/'), args.mode.path()),
             tokens,
-            pools,
+            workload,
             bodies: RwLock::new(Arc::new(bodies)),
             refetching: tokio::sync::Mutex::new(()),
             tally: Tally::new(args.duration),
@@ -264,7 +272,8 @@ async fn request(
 }
 
 /// Sends request `k`; on 410 does what the protocol asks of a client: fetches the current
-/// epoch and sends the same request again under it, once.
+/// epoch (private mode: the manifest's key epoch) and sends the same request again under it,
+/// once.
 async fn send_with_resend(load: &Load, k: u64, bodies: &Bodies) -> u16 {
     // Requests rotate through the users' credentials; an anonymous run has none.
     let token = load
@@ -280,11 +289,12 @@ async fn send_with_resend(load: &Load, k: u64, bodies: &Bodies) -> u16 {
     send(load, token, &load.current_bodies().item(k)).await
 }
 
-/// Sends one body; returns the status (0 for a transport error) and tallies a 200.
+/// Sends one body; returns the status (0 for a transport error, [`UNDECODABLE`] for a 200
+/// that did not decode) and tallies a decoded 200.
 async fn send(load: &Load, token: Option<&str>, prepared: &Prepared) -> u16 {
     let mut request = load
         .http
-        .post(&load.discover_url)
+        .post(&load.url)
         .header("content-type", load.format().content_type());
     if let Some(token) = token {
         request = request.header("authorization", token);
@@ -295,12 +305,16 @@ async fn send(load: &Load, token: Option<&str>, prepared: &Prepared) -> u16 {
     };
     let status = response.status().as_u16();
     let body = response.bytes().await.unwrap_or_default();
-    if status == 200 {
-        let matches = protocol::decode_answer(load.format(), &body, prepared.fingerprints)
-            .map_or(0, |answer| answer.registered.len() as u64);
-        load.tally.answered(prepared, matches);
+    if status != 200 {
+        return status;
     }
-    status
+    match load.workload.read_answer(load.format(), &body, prepared) {
+        Some(matches) => {
+            load.tally.answered(prepared, matches);
+            status
+        }
+        None => UNDECODABLE,
+    }
 }
 
 /// Replaces the bodies of `stale_epoch` with bodies for the current epoch, unless another
@@ -310,10 +324,7 @@ async fn refresh_bodies(load: &Load, stale_epoch: u64) {
     if load.current_epoch() != stale_epoch {
         return;
     }
-    let Ok(info) = fetch_epoch(&load.epochs, &load.args.server).await else {
-        return;
-    };
-    if let Ok(fresh) = Bodies::prepare(&load.args, &info, &load.pools) {
+    if let Ok(fresh) = load.workload.current_bodies(&load.args, &load.epochs).await {
         *load.bodies.write() = Arc::new(fresh);
     }
 }

@@ -12,35 +12,43 @@
 //! `--change-rate`, registry changes go to the admin listener at the same time and the report
 //! says how long each took to become visible (see `changes`). `--hdr-log` and `--plot` leave
 //! the latencies as an HdrHistogram interval log and as SVG charts (see `output`).
+//! `--mode private` drives the private mode's evaluations instead, with blinded elements
+//! prepared before the run (see `private`).
 
+mod batch;
 mod bodies;
 mod changes;
 mod drive;
 mod hdr_log;
 mod output;
 mod plot;
+mod private;
 mod redis;
 mod report;
 mod timeline;
+mod workload;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rand::Rng;
-
 use crate::client::{Client, ClientConfig};
 use crate::domain::secret::{self, KeyFileError};
 use crate::domain::{CredentialKey, UserId};
 use crate::protocol::{EpochInfo, Format};
 use crate::server::config::default_credential_key_path;
-use bodies::{Bodies, Pools};
+pub use batch::BatchSizes;
 pub use changes::{ChangeArgs, ChangeMix};
 use changes::{ChangeThread, ChangesSummary};
 use drive::{Driven, Load};
 pub use report::Report;
 use timeline::Recording;
+pub use workload::Mode;
+use workload::{Start, Workload};
+
+/// `--hit-ratio` when not given.
+pub const DEFAULT_HIT_RATIO: f64 = 0.5;
 
 /// Settings of a load run.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,6 +56,14 @@ pub struct LoadgenArgs {
     /// Server base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub server: String,
+    /// What each request is, as in `discover --mode`. hashed: salted fingerprints to
+    /// `POST /v1/discover`. private: blinded elements to `POST /v1/private/evaluate` under the
+    /// key epoch of `GET /v1/private/set`. Blinding costs the client about 90 µs an element, so
+    /// a pool as large as the largest batch is blinded once before the run and reused by every
+    /// request: the server cannot tell (a blinded element is uniformly random to it) and does
+    /// the same work. `--hit-ratio`, `--pool` and `--registry-*` do not apply to it.
+    #[arg(long, value_enum, default_value = "hashed")]
+    pub mode: Mode,
     /// Target requests per second (open loop).
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
@@ -59,9 +75,10 @@ pub struct LoadgenArgs {
     /// server's `max_batch`.
     #[arg(long, default_value = "1000")]
     pub batch: BatchSizes,
-    /// Share of fingerprints that belong to registered numbers.
-    #[arg(long, default_value_t = 0.5)]
-    pub hit_ratio: f64,
+    /// Share of fingerprints that belong to registered numbers [default: 0.5]. Hashed mode
+    /// only: in the private mode the server cannot tell a registered number's element.
+    #[arg(long)]
+    pub hit_ratio: Option<f64>,
     /// Seed the registry was generated with (`registry generate --seed`).
     #[arg(long, default_value_t = 1)]
     pub registry_seed: u64,
@@ -100,7 +117,8 @@ pub struct LoadgenArgs {
     /// Worker threads of the generator.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Read the server's CPU time from /proc/PID/stat and report CPU per fingerprint.
+    /// Read the server's CPU time from /proc/PID/stat and report CPU per fingerprint (per
+    /// element in the private mode).
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Print the report as JSON.
@@ -128,68 +146,6 @@ pub struct LoadgenArgs {
     pub changes: ChangeArgs,
 }
 
-/// How batch sizes are drawn.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum BatchSizes {
-    /// Always this many.
-    Fixed(usize),
-    /// Log-normal with this median and sigma (of the natural log), at least 1.
-    LogNormal {
-        /// Median batch size.
-        median: f64,
-        /// Spread of ln(size).
-        sigma: f64,
-    },
-}
-
-impl std::str::FromStr for BatchSizes {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        if let Some(rest) = text.strip_prefix("lognormal:") {
-            let (median, sigma) = rest
-                .split_once(':')
-                .ok_or("expected lognormal:MEDIAN:SIGMA")?;
-            let median: f64 = median.parse().map_err(|_| "bad median")?;
-            let sigma: f64 = sigma.parse().map_err(|_| "bad sigma")?;
-            if !(median >= 1.0 && (0.0..=5.0).contains(&sigma)) {
-                return Err("median must be >= 1 and sigma in 0..=5".into());
-            }
-            return Ok(BatchSizes::LogNormal { median, sigma });
-        }
-        match text.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(BatchSizes::Fixed(n)),
-            _ => Err("expected a positive number or lognormal:MEDIAN:SIGMA".into()),
-        }
-    }
-}
-
-/// The flag's own spelling (`1000`, `lognormal:300:1`), for titles and headers.
-impl std::fmt::Display for BatchSizes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BatchSizes::Fixed(n) => write!(f, "{n}"),
-            BatchSizes::LogNormal { median, sigma } => write!(f, "lognormal:{median}:{sigma}"),
-        }
-    }
-}
-
-impl BatchSizes {
-    /// Draws one size in `1..=max`.
-    pub fn sample(self, rng: &mut impl Rng, max: usize) -> usize {
-        let size = match self {
-            BatchSizes::Fixed(n) => n,
-            BatchSizes::LogNormal { median, sigma } => {
-                // Box–Muller: one standard normal from two uniforms.
-                let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-                let u2: f64 = rng.random();
-                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-                (median * (sigma * z).exp()).round() as usize
-            }
-        };
-        size.clamp(1, max.max(1))
-    }
-}
-
 /// Why a load run could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadgenError {
@@ -214,22 +170,26 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
     validate(args)?;
     let credentials = Credentials::for_run(args)?;
     let tokens = credentials.headers(args)?;
-    let epochs = epoch_client(args)?;
-    let pools = Pools::generate(args);
-    let first = fetch_epoch(&epochs, &args.server).await?;
-    let bodies = Bodies::prepare(args, &first, &pools)?;
-    if let Some(addr) = &args.redis {
-        let report = redis::compare(args, addr, &first, &bodies).await?;
-        return Ok(Report::from_json(report));
-    }
-    let change_thread = if args.changes.enabled() {
-        let credential = credentials.credential(args, "loadgen-change-poller")?;
-        Some(ChangeThread::spawn(args, &first, credential).await?)
-    } else {
-        None
+    let epochs = server_client(args, credentials.credential(args, "loadgen-epochs")?)?;
+    let Start {
+        workload,
+        bodies,
+        epoch,
+    } = Workload::start(args, &epochs).await?;
+    let first_epoch = bodies.epoch;
+    let change_thread = match (&epoch, &args.redis) {
+        (Some(first), Some(addr)) => {
+            let report = redis::compare(args, addr, first, &bodies).await?;
+            return Ok(Report::from_json(report));
+        }
+        (Some(first), None) if args.changes.enabled() => {
+            let credential = credentials.credential(args, "loadgen-change-poller")?;
+            Some(ChangeThread::spawn(args, first, credential).await?)
+        }
+        _ => None,
     };
     let cpu_before = args.server_pid.and_then(process_cpu_seconds);
-    let load = Load::new(args, epochs, tokens, pools, bodies)
+    let load = Load::new(args, epochs, tokens, workload, bodies)
         .map_err(|e| LoadgenError::Invalid(e.to_string()))?;
     let load = Arc::new(load);
     let changes = async {
@@ -246,7 +206,7 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
     output::write(args, &recording)?;
     Ok(report(
         args,
-        first.epoch,
+        first_epoch,
         &load,
         driven,
         server_cpu_seconds,
@@ -260,8 +220,11 @@ fn validate(args: &LoadgenArgs) -> Result<(), LoadgenError> {
     if !(args.rate > 0.0 && args.rate.is_finite()) {
         return Err(LoadgenError::Invalid("--rate must be positive".into()));
     }
-    if !(0.0..=1.0).contains(&args.hit_ratio) {
+    if !(0.0..=1.0).contains(&args.hit_ratio.unwrap_or(DEFAULT_HIT_RATIO)) {
         return Err(LoadgenError::Invalid("--hit-ratio must be in 0..=1".into()));
+    }
+    if args.mode == Mode::Private {
+        validate_private(args)?;
     }
     args.changes.validate()?;
     if args.changes.enabled() && args.redis.is_some() {
@@ -275,6 +238,24 @@ fn validate(args: &LoadgenArgs) -> Result<(), LoadgenError> {
         ));
     }
     output::check(args)
+}
+
+/// Refuses what does not apply to the private mode, rather than ignoring a setting the
+/// operator meant.
+fn validate_private(args: &LoadgenArgs) -> Result<(), LoadgenError> {
+    let refused = if args.hit_ratio.is_some() {
+        "--hit-ratio does not apply to --mode private: the server cannot tell a registered \
+         number's blinded element from another's (matching happens on the client)"
+    } else if args.redis.is_some() {
+        "--redis compares the hashed mode's lookups with Redis; it does not apply to --mode \
+         private"
+    } else if args.changes.enabled() {
+        "--change-rate measures visibility through the hashed mode's lookups; it does not \
+         apply to --mode private"
+    } else {
+        return Ok(());
+    };
+    Err(LoadgenError::Invalid(refused.into()))
 }
 
 /// Who the run's requests say they are.
@@ -335,9 +316,10 @@ fn mint_tokens(args: &LoadgenArgs, key: &CredentialKey) -> Result<Vec<String>, L
         .collect()
 }
 
-/// The library client, used for what the run asks of the server besides the load: the epoch.
-fn epoch_client(args: &LoadgenArgs) -> Result<Client, LoadgenError> {
-    let mut config = ClientConfig::new(args.server.clone(), None);
+/// The library client, used for what the run asks of the server besides the load: the epoch,
+/// or the set's manifest, which needs a credential.
+fn server_client(args: &LoadgenArgs, credential: Option<String>) -> Result<Client, LoadgenError> {
+    let mut config = ClientConfig::new(args.server.clone(), credential);
     config.format = args.encoding;
     config.timeout = Duration::from_secs(60);
     Client::new(config).map_err(|e| LoadgenError::Invalid(e.to_string()))
@@ -381,7 +363,7 @@ fn report(
         elapsed: driven.elapsed,
         latency: recording.latency,
         statuses: tally.statuses.lock().clone(),
-        fingerprints_answered: tally.fingerprints_answered.load(Ordering::Relaxed),
+        items_answered: tally.items_answered.load(Ordering::Relaxed),
         expected_hits: tally.expected_hits.load(Ordering::Relaxed),
         matches: tally.matches.load(Ordering::Relaxed),
         server_cpu_seconds,
@@ -424,23 +406,32 @@ pub fn run_and_print(args: &LoadgenArgs) -> Result<(), LoadgenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
 
+    /// What does not apply to the private mode is refused before anything is sent, naming the
+    /// flag; the same settings pass in the hashed mode.
     #[test]
-    fn batch_sizes_parse_and_stay_in_range() {
-        assert_eq!("1000".parse::<BatchSizes>(), Ok(BatchSizes::Fixed(1000)));
-        assert!("0".parse::<BatchSizes>().is_err());
-        assert!("lognormal:300".parse::<BatchSizes>().is_err());
-        let dist: BatchSizes = "lognormal:300:1.0".parse().unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let mut sizes: Vec<usize> = (0..10_001).map(|_| dist.sample(&mut rng, 5_000)).collect();
-        sizes.sort_unstable();
-        assert!(sizes.iter().all(|s| (1..=5_000).contains(s)));
-        let median = sizes[5_000];
-        assert!((250..=360).contains(&median), "median {median}");
-        assert!(sizes[9_990] > 2_000, "a long tail towards the cap");
-        assert_eq!(BatchSizes::Fixed(9_000).sample(&mut rng, 5_000), 5_000);
+    fn the_private_mode_refuses_what_does_not_apply_to_it() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: LoadgenArgs,
+        }
+        let check = |flags: &[&str]| {
+            let cli = Cli::try_parse_from([&["loadgen"], flags].concat()).unwrap();
+            validate(&cli.args).map_err(|e| e.to_string())
+        };
+        assert!(check(&["--mode", "private"]).is_ok());
+        for (flag, value) in [
+            ("--hit-ratio", "0.5"),
+            ("--redis", "127.0.0.1:6379"),
+            ("--change-rate", "10"),
+        ] {
+            let refused = check(&["--mode", "private", flag, value]).unwrap_err();
+            assert!(refused.contains(flag), "{refused}");
+            assert!(refused.contains("--mode private"), "{refused}");
+            assert!(check(&[flag, value]).is_ok(), "{flag} in the hashed mode");
+        }
     }
 
     #[test]

@@ -42,8 +42,9 @@ pub(super) fn write(args: &LoadgenArgs, recording: &Recording) -> Result<(), Loa
     Ok(())
 }
 
-/// What was run, for the log's header and the chart's title: pace, length, encoding and
+/// What was run, for the log's header and the chart's title: mode, pace, length, encoding and
 /// batch sizes (settings only; the server's address is left out of files meant for sharing).
+/// The mode comes first: a private run's latencies are evaluations, not lookups.
 fn describe(args: &LoadgenArgs) -> String {
     let pace = if args.closed {
         format!("closed loop on {} connections", args.max_in_flight)
@@ -51,7 +52,8 @@ fn describe(args: &LoadgenArgs) -> String {
         format!("open loop at {} requests/s", args.rate)
     };
     format!(
-        "{pace} for {}, {} encoding, batch {}",
+        "{} mode, {pace} for {}, {} encoding, batch {}",
+        args.mode.name(),
         humantime::format_duration(args.duration),
         format!("{:?}", args.encoding).to_lowercase(),
         args.batch
@@ -117,11 +119,16 @@ mod tests {
                 "--batch",
                 "lognormal:300:1.0"
             ]),
-            "open loop at 200 requests/s for 20s, binary encoding, batch lognormal:300:1"
+            "hashed mode, open loop at 200 requests/s for 20s, binary encoding, batch \
+             lognormal:300:1"
         );
         assert_eq!(
             parse(&["--closed", "--max-in-flight", "8", "--encoding", "json"]),
-            "closed loop on 8 connections for 10s, json encoding, batch 1000"
+            "hashed mode, closed loop on 8 connections for 10s, json encoding, batch 1000"
+        );
+        assert_eq!(
+            parse(&["--mode", "private", "--rate", "50", "--batch", "100"]),
+            "private mode, open loop at 50 requests/s for 10s, binary encoding, batch 100"
         );
         let cli = Cli::try_parse_from(["loadgen", "--hdr-log", "a.hlog", "--plot", "b.svg"]);
         let args = cli.unwrap().args;

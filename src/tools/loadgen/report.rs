@@ -7,8 +7,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use super::LoadgenArgs;
 use super::changes::ChangesSummary;
+use super::drive::UNDECODABLE;
+use super::{DEFAULT_HIT_RATIO, LoadgenArgs, Mode};
 
 /// Everything a run measured.
 pub(super) struct Inputs {
@@ -19,7 +20,8 @@ pub(super) struct Inputs {
     pub elapsed: Duration,
     pub latency: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
-    pub fingerprints_answered: u64,
+    /// Fingerprints (private mode: blinded elements) in the requests answered 200.
+    pub items_answered: u64,
     pub expected_hits: u64,
     pub matches: u64,
     pub server_cpu_seconds: Option<f64>,
@@ -49,12 +51,13 @@ pub(super) fn percentiles(histogram: &Histogram<u64>) -> BTreeMap<&'static str, 
         .collect()
 }
 
-/// A status's key in the report: the number, or `transport_error` for 0.
+/// A status's key in the report: the number, `transport_error` for 0, `undecodable_200` for a
+/// 200 whose body did not decode.
 pub(super) fn status_name(status: u16) -> String {
-    if status == 0 {
-        "transport_error".to_owned()
-    } else {
-        status.to_string()
+    match status {
+        0 => "transport_error".to_owned(),
+        UNDECODABLE => "undecodable_200".to_owned(),
+        _ => status.to_string(),
     }
 }
 
@@ -84,15 +87,9 @@ impl Report {
                 })
             })
             .collect();
-        let cpu_ns = i.server_cpu_seconds.map(|cpu| {
-            if i.fingerprints_answered == 0 {
-                0.0
-            } else {
-                cpu * 1e9 / i.fingerprints_answered as f64
-            }
-        });
-        let json = json!({
+        let mut json = json!({
             "server": i.args.server,
+            "mode": i.args.mode.name(),
             "encoding": format!("{:?}", i.args.encoding).to_lowercase(),
             "batch": format!("{:?}", i.args.batch),
             // A closed loop has no target rate: it sends as answers come back.
@@ -107,21 +104,21 @@ impl Report {
             "late_starts": i.late,
             "elapsed_s": i.elapsed.as_secs_f64(),
             "requests_per_s": ok as f64 / secs,
-            "fingerprints_answered": i.fingerprints_answered,
-            "fingerprints_per_s": i.fingerprints_answered as f64 / secs,
-            "mean_batch": if ok == 0 { 0.0 } else { i.fingerprints_answered as f64 / ok as f64 },
-            "hit_ratio_requested": i.args.hit_ratio,
-            "hit_ratio_sent": ratio(i.expected_hits, i.fingerprints_answered),
-            "hit_ratio_answered": ratio(i.matches, i.fingerprints_answered),
+            "mean_batch": if ok == 0 { 0.0 } else { i.items_answered as f64 / ok as f64 },
             "latency_ms": percentiles,
             "server_cpu_s": i.server_cpu_seconds,
-            "server_cpu_ns_per_fingerprint": cpu_ns,
             "first_epoch": i.first_epoch,
             "final_epoch": i.final_epoch,
             "resent_after_410": i.resent_after_410,
             "timeline": timeline,
             "changes": i.changes.as_ref().map(ChangesSummary::to_json),
         });
+        if let Some(object) = json.as_object_mut() {
+            object.extend(per_item(&i, secs));
+            if i.args.mode == Mode::Hashed {
+                object.extend(hit_ratios(&i));
+            }
+        }
         Self { json }
     }
 
@@ -161,11 +158,16 @@ impl Report {
             j["encoding"].as_str().unwrap_or(""),
             j["batch"].as_str().unwrap_or("")
         );
+        // Reports from before `mode` existed are the hashed mode's.
+        let item = match j["mode"].as_str() {
+            Some("private") => "element",
+            _ => "fingerprint",
+        };
         let _ = writeln!(
             out,
-            "throughput: {:.0} requests/s, {:.0} fingerprints/s (mean batch {:.0})",
+            "throughput: {:.0} requests/s, {:.0} {item}s/s (mean batch {:.0})",
             f("requests_per_s"),
-            f("fingerprints_per_s"),
+            f(&format!("{item}s_per_s")),
             f("mean_batch")
         );
         let l = &j["latency_ms"];
@@ -179,18 +181,26 @@ impl Report {
             l["max"].as_f64().unwrap_or(0.0)
         );
         let _ = writeln!(out, "statuses: {}  errors: {}", j["statuses"], j["errors"]);
-        let _ = writeln!(
-            out,
-            "hit ratio: requested {:.3}, sent {:.3}, answered {:.3}",
-            f("hit_ratio_requested"),
-            f("hit_ratio_sent"),
-            f("hit_ratio_answered")
-        );
+        if j.get("hit_ratio_sent").is_some() {
+            let _ = writeln!(
+                out,
+                "hit ratio: requested {:.3}, sent {:.3}, answered {:.3}",
+                f("hit_ratio_requested"),
+                f("hit_ratio_sent"),
+                f("hit_ratio_answered")
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "hit ratio: does not apply (the server cannot tell registered numbers' elements; \
+                 matching happens on the client)"
+            );
+        }
         if let Some(cpu) = j["server_cpu_s"].as_f64() {
             let _ = writeln!(
                 out,
-                "server CPU: {cpu:.2} s, {:.1} ns per fingerprint",
-                f("server_cpu_ns_per_fingerprint")
+                "server CPU: {cpu:.2} s, {:.1} ns per {item}",
+                f(&format!("server_cpu_ns_per_{item}"))
             );
         }
         if j["late_starts"].as_u64().unwrap_or(0) > 0 {
@@ -270,6 +280,52 @@ fn render_changes(out: &mut String, c: &serde_json::Value) {
             n("screened_out")
         );
     }
+}
+
+/// The figures counted per item, named after the mode's item: `fingerprints_answered`,
+/// `fingerprints_per_s` and `server_cpu_ns_per_fingerprint`, or the same for `elements`.
+/// Server CPU is divided by the items the generator saw answered 200 (the server's whole CPU
+/// over the run, so it includes what the refused requests cost).
+fn per_item(i: &Inputs, secs: f64) -> serde_json::Map<String, serde_json::Value> {
+    let item = i.args.mode.item();
+    let cpu_ns = i.server_cpu_seconds.map(|cpu| {
+        if i.items_answered == 0 {
+            0.0
+        } else {
+            cpu * 1e9 / i.items_answered as f64
+        }
+    });
+    [
+        (format!("{item}s_answered"), json!(i.items_answered)),
+        (
+            format!("{item}s_per_s"),
+            json!(i.items_answered as f64 / secs),
+        ),
+        (format!("server_cpu_ns_per_{item}"), json!(cpu_ns)),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// The hashed mode's hit ratios: requested, sent, and found by the server.
+fn hit_ratios(i: &Inputs) -> serde_json::Map<String, serde_json::Value> {
+    [
+        (
+            "hit_ratio_requested",
+            json!(i.args.hit_ratio.unwrap_or(DEFAULT_HIT_RATIO)),
+        ),
+        (
+            "hit_ratio_sent",
+            json!(ratio(i.expected_hits, i.items_answered)),
+        ),
+        (
+            "hit_ratio_answered",
+            json!(ratio(i.matches, i.items_answered)),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 fn ratio(part: u64, whole: u64) -> f64 {
