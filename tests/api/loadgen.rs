@@ -1,24 +1,28 @@
 //! `loadgen` against the real service: real fingerprints give the requested hit ratio, and an
-//! epoch change mid-run (410) makes it refetch the salt and send the request again.
+//! epoch change mid-run (410) makes it refetch the salt and send the request again. In the
+//! private mode every answer carries as many evaluated elements as were sent, and a key epoch
+//! change (410) makes it refetch the manifest's key epoch.
 
 use std::time::Duration;
 
 use contact_discovery::protocol::Format;
+use contact_discovery::server::api::private::PrivateMode;
 use contact_discovery::tools::generate;
-use contact_discovery::tools::loadgen::{BatchSizes, ChangeArgs, LoadgenArgs, run};
+use contact_discovery::tools::loadgen::{BatchSizes, ChangeArgs, LoadgenArgs, Mode, run};
 
 use crate::helpers::spawn_app_with;
 
 fn args(server: String, data_dir: std::path::PathBuf) -> LoadgenArgs {
     LoadgenArgs {
         server,
+        mode: Mode::Hashed,
         rate: 200.0,
         duration: Duration::from_millis(1_500),
         batch: BatchSizes::LogNormal {
             median: 40.0,
             sigma: 0.8,
         },
-        hit_ratio: 0.5,
+        hit_ratio: Some(0.5),
         registry_seed: 1,
         registry_size: 300,
         pool: 300,
@@ -120,6 +124,140 @@ async fn loadgen_gets_real_answers_and_follows_an_epoch_change() {
             .map(|(_, c)| c.as_u64().unwrap())
             .sum::<u64>()
     );
+}
+
+/// An app serving the private mode with one-day key epochs (so a test can move the clock past
+/// one), the 300 numbers of seed 1 registered, its private set built.
+async fn private_app_with_300_numbers() -> crate::helpers::TestApp {
+    let app = spawn_app_with(|c| {
+        c.auth.max_credential_ttl = Duration::from_secs(u64::MAX / 4);
+        c.private.enabled = true;
+        c.private.key_epoch = 86_400.try_into().unwrap();
+    })
+    .await;
+    let numbers: Vec<String> = generate::numbers(300, 1)
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let refs: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    app.change(&refs, &[], &[]).await;
+    app
+}
+
+fn private_args(app: &crate::helpers::TestApp) -> LoadgenArgs {
+    let mut args = args(format!("http://{}", app.public), app.data_dir.clone());
+    args.mode = Mode::Private;
+    args.hit_ratio = None;
+    args.batch = BatchSizes::Fixed(25);
+    args
+}
+
+/// Elements the server has evaluated since it started (`private_elements_evaluated_total`).
+fn elements_evaluated(app: &crate::helpers::TestApp) -> u64 {
+    app.state.public.metrics.private.elements_evaluated.get()
+}
+
+/// Whether the private set of the key epoch now current is live.
+fn private_set_ready(app: &crate::helpers::TestApp) -> bool {
+    match &app.state.public.private {
+        PrivateMode::On(parts) => parts.sets.is_ready(app.clock.now_secs()),
+        PrivateMode::Off => false,
+    }
+}
+
+/// `--mode private`: every request is answered 200 with as many evaluated elements as it sent,
+/// and the elements the report counts are exactly those the server evaluated. The report has
+/// no hit ratio (the server cannot tell a hit) and counts CPU per element.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_drives_the_private_mode_with_answers_the_size_of_each_batch() {
+    let app = private_app_with_300_numbers().await;
+    assert!(private_set_ready(&app));
+    let before = elements_evaluated(&app);
+    let report = run(&private_args(&app)).await.unwrap();
+    let j = report.as_json();
+    assert_eq!(j["mode"], "private", "{j}");
+    assert_eq!(j["errors"], 0, "{j}");
+    assert_eq!(j["ok"], j["scheduled"], "{j}");
+    assert_eq!(j["statuses"]["200"], j["scheduled"], "{j}");
+    let ok = j["ok"].as_u64().unwrap();
+    assert!(ok >= 250, "{j}");
+    assert_eq!(j["elements_answered"].as_u64().unwrap(), ok * 25, "{j}");
+    assert_eq!(elements_evaluated(&app) - before, ok * 25, "{j}");
+    assert_eq!(j["mean_batch"], 25.0, "{j}");
+    assert!(
+        j["server_cpu_ns_per_element"].as_f64().unwrap() > 0.0,
+        "{j}"
+    );
+    for absent in [
+        "hit_ratio_sent",
+        "hit_ratio_answered",
+        "fingerprints_answered",
+    ] {
+        assert!(j.get(absent).is_none(), "{absent}: {j}");
+    }
+    let text = report.render_text();
+    assert!(text.contains("elements/s (mean batch 25)"), "{text}");
+    assert!(text.contains("hit ratio: does not apply"), "{text}");
+    assert!(text.contains("ns per element"), "{text}");
+    app.stop().await;
+}
+
+/// A key epoch change mid-run: requests under the old key epoch are answered
+/// `410 key_epoch_unavailable`, the generator refetches the manifest's key epoch and sends
+/// them again under it, as the hashed mode does with `/v1/epoch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_in_the_private_mode_follows_a_key_epoch_change() {
+    let app = private_app_with_300_numbers().await;
+    let mut args = private_args(&app);
+    args.encoding = Format::Json;
+    args.batch = BatchSizes::LogNormal {
+        median: 20.0,
+        sigma: 0.8,
+    };
+    args.duration = Duration::from_secs(3);
+    let before = elements_evaluated(&app);
+    let clock = app.clock.clone();
+    let state = app.state.clone();
+    let mover = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        clock.advance(Duration::from_secs(2 * 86_400));
+        for _ in 0..400 {
+            let ready = match &state.public.private {
+                PrivateMode::On(parts) => parts.sets.is_ready(clock.now_secs()),
+                PrivateMode::Off => false,
+            };
+            if ready {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let report = run(&args).await.unwrap();
+    mover.await.unwrap();
+    let j = report.as_json();
+    assert!(j["resent_after_410"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(
+        j["final_epoch"].as_u64().unwrap(),
+        j["first_epoch"].as_u64().unwrap() + 2,
+        "{j}"
+    );
+    let ok = j["ok"].as_u64().unwrap();
+    assert!(ok > 300, "{j}");
+    // A final 410 or 503 only if the refetch came before the new key epoch's set was built;
+    // never an answer that did not decode.
+    let gone = j["statuses"]["410"].as_u64().unwrap_or(0);
+    let not_ready = j["statuses"]["503"].as_u64().unwrap_or(0);
+    assert_eq!(
+        ok + gone + not_ready,
+        j["scheduled"].as_u64().unwrap(),
+        "{j}"
+    );
+    assert_eq!(
+        elements_evaluated(&app) - before,
+        j["elements_answered"].as_u64().unwrap(),
+        "{j}"
+    );
+    app.stop().await;
 }
 
 /// A closed-loop run has no target rate: the report says how many connections it kept busy
