@@ -379,6 +379,43 @@ fn loadgen_runs_anonymously_against_an_insecure_server() {
     server.kill9();
 }
 
+/// `loadgen --mode private` as typed: `--hit-ratio` is refused before anything is sent (it
+/// does not apply), and a run against the binary gets every evaluation answered 200 with as
+/// many elements as it sent.
+#[test]
+fn loadgen_drives_the_private_mode_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), &["--insecure-no-auth"]);
+    let loadgen = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["loadgen", "--server"])
+            .arg(format!("http://{}", server.public))
+            .args(["--anonymous", "--mode", "private", "--rate", "20"])
+            .args(["--duration", "500ms", "--batch", "5", "--json"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = loadgen(&["--hit-ratio", "0.3"]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("--hit-ratio does not apply to --mode private"),
+        "{said}"
+    );
+    let out = loadgen(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["mode"], "private", "{report}");
+    assert_eq!(report["statuses"]["200"], 10, "{report}");
+    assert_eq!(report["elements_answered"], 50, "{report}");
+    server.kill9();
+}
+
 /// SIGTERM while a request is in flight: the server stops accepting new connections, finishes
 /// the request (200, with the right answer), flushes and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -823,7 +860,9 @@ fn loadgen_writes_the_files_its_flags_name() {
         String::from_utf8_lossy(&ran.stderr)
     );
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.starts_with("#[contact-discovery loadgen: open loop at 20 requests/s"));
+    assert!(
+        text.starts_with("#[contact-discovery loadgen: hashed mode, open loop at 20 requests/s")
+    );
     let intervals: Vec<&str> = text.lines().filter(|l| l.starts_with("0.000,")).collect();
     assert_eq!(intervals.len(), 1, "{text}");
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));

@@ -167,13 +167,17 @@ fn private_set_ready(app: &crate::helpers::TestApp) -> bool {
 
 /// `--mode private`: every request is answered 200 with as many evaluated elements as it sent,
 /// and the elements the report counts are exactly those the server evaluated. The report has
-/// no hit ratio (the server cannot tell a hit) and counts CPU per element.
+/// no hit ratio (the server cannot tell a hit) and counts CPU per element; the plot says it
+/// shows the private mode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_drives_the_private_mode_with_answers_the_size_of_each_batch() {
     let app = private_app_with_300_numbers().await;
     assert!(private_set_ready(&app));
     let before = elements_evaluated(&app);
-    let report = run(&private_args(&app)).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut args = private_args(&app);
+    args.plot = Some(out.path().join("private.svg"));
+    let report = run(&args).await.unwrap();
     let j = report.as_json();
     assert_eq!(j["mode"], "private", "{j}");
     assert_eq!(j["errors"], 0, "{j}");
@@ -199,6 +203,13 @@ async fn loadgen_drives_the_private_mode_with_answers_the_size_of_each_batch() {
     assert!(text.contains("elements/s (mean batch 25)"), "{text}");
     assert!(text.contains("hit ratio: does not apply"), "{text}");
     assert!(text.contains("ns per element"), "{text}");
+    let svg = std::fs::read_to_string(out.path().join("private.svg")).unwrap();
+    assert!(
+        svg_texts(&svg)
+            .iter()
+            .any(|t| t.starts_with("private mode, open loop at 200 requests/s")),
+        "{svg}"
+    );
     app.stop().await;
 }
 
@@ -350,7 +361,10 @@ async fn loadgen_leaves_an_interval_log_and_a_plot_that_agree_with_its_report() 
     assert!(has("Latency by percentile"), "{texts:?}");
     assert!(has("Latency over time"), "{texts:?}");
     assert!(
-        has("open loop at 200 requests/s for 1s 500ms, binary encoding, batch lognormal:40:0.8"),
+        has(
+            "hashed mode, open loop at 200 requests/s for 1s 500ms, binary encoding, batch \
+             lognormal:40:0.8"
+        ),
         "{texts:?}"
     );
     for label in ["99%", "99.9%", "latency (ms)", "p50", "p99", "max"] {
