@@ -177,12 +177,13 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
         epoch,
     } = Workload::start(args, &epochs).await?;
     let first_epoch = bodies.epoch;
-    let change_thread = match (&epoch, &args.redis) {
-        (Some(first), Some(addr)) => {
-            let report = redis::compare(args, addr, first, &bodies).await?;
-            return Ok(Report::from_json(report));
-        }
-        (Some(first), None) if args.changes.enabled() => {
+    // Both need the hashed mode's epoch; `validate` refused them with the private mode.
+    if let (Some(first), Some(addr)) = (&epoch, &args.redis) {
+        let report = redis::compare(args, addr, first, &bodies).await?;
+        return Ok(Report::from_json(report));
+    }
+    let change_thread = match &epoch {
+        Some(first) if args.changes.enabled() => {
             let credential = credentials.credential(args, "loadgen-change-poller")?;
             Some(ChangeThread::spawn(args, first, credential).await?)
         }

@@ -151,17 +151,18 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "{} requests of {} {pace} for {:.1}s ({} encoding, batch {})",
+            "{} requests of {} {pace} for {:.1}s ({} mode, {} encoding, batch {})",
             j["completed"],
             j["scheduled"],
             f("duration_s"),
+            j["mode"].as_str().unwrap_or(""),
             j["encoding"].as_str().unwrap_or(""),
             j["batch"].as_str().unwrap_or("")
         );
-        // Reports from before `mode` existed are the hashed mode's.
-        let item = match j["mode"].as_str() {
-            Some("private") => "element",
-            _ => "fingerprint",
+        let item = if j["mode"] == "private" {
+            "element"
+        } else {
+            "fingerprint"
         };
         let _ = writeln!(
             out,
