@@ -152,10 +152,21 @@ fn decode_element(text: &str) -> Result<[u8; ELEMENT_BYTES], BadElement> {
     }
 }
 
-/// Encodes blinded elements as a request body (clients, the load generator, tests).
+/// Encodes blinded elements as a request body (clients, tests).
 pub fn encode_evaluate(format: Format, key_epoch: u64, elements: &[BlindedElement]) -> Vec<u8> {
     let bytes: Vec<[u8; ELEMENT_BYTES]> = elements.iter().map(BlindedElement::to_bytes).collect();
-    encode_elements(format, key_epoch, "blinded", &bytes)
+    encode_evaluate_serialized(format, key_epoch, &bytes)
+}
+
+/// Encodes blinded elements already serialised (`BlindedElement::to_bytes`) as a request body:
+/// for the load generator, which sends one pool of elements in many bodies and would otherwise
+/// pay a point compression (several µs) per element per body.
+pub fn encode_evaluate_serialized(
+    format: Format,
+    key_epoch: u64,
+    elements: &[[u8; ELEMENT_BYTES]],
+) -> Vec<u8> {
+    encode_elements(format, key_epoch, "blinded", elements)
 }
 
 /// Encodes evaluated elements as the answer body (the server).

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use super::bodies::{Bodies, Prepared};
 use super::{BatchSizes, LoadgenArgs, LoadgenError};
 use crate::client::Client;
-use crate::domain::oprf::{self, BlindedElement};
+use crate::domain::oprf::{self, ELEMENT_BYTES};
 use crate::protocol::private_set::SetManifest;
 use crate::protocol::{Format, evaluate};
 use crate::tools::generate;
@@ -25,9 +25,11 @@ use crate::tools::generate;
 /// random elements.
 const POOL_SEED: u64 = 0x0b11_d0ff;
 
-/// Blinded elements, prepared once and reused by every body of the run.
+/// Blinded elements, prepared once and reused by every body of the run; kept serialised, so
+/// preparing bodies (at the start and after every 410) costs a copy per element, not a point
+/// compression.
 pub(super) struct BlindedPool {
-    elements: Vec<BlindedElement>,
+    elements: Vec<[u8; ELEMENT_BYTES]>,
 }
 
 impl BlindedPool {
@@ -35,7 +37,7 @@ impl BlindedPool {
     pub fn blind(size: usize) -> Result<Self, LoadgenError> {
         let elements = generate::numbers(size.max(1), POOL_SEED)
             .into_iter()
-            .map(|number| oprf::blind(number).map(|(_, element)| element))
+            .map(|number| oprf::blind(number).map(|(_, element)| element.to_bytes()))
             .collect::<Result<_, _>>()
             .map_err(|e| LoadgenError::Invalid(format!("blinding the element pool: {e}")))?;
         Ok(Self { elements })
@@ -47,9 +49,9 @@ impl BlindedPool {
     }
 
     /// `n` consecutive elements from `start`, wrapping: distinct while `n <= len`.
-    fn batch(&self, start: usize, n: usize) -> Vec<BlindedElement> {
+    fn batch(&self, start: usize, n: usize) -> Vec<[u8; ELEMENT_BYTES]> {
         (0..n)
-            .map(|i| self.elements[(start + i) % self.elements.len()].clone())
+            .map(|i| self.elements[(start + i) % self.elements.len()])
             .collect()
     }
 }
@@ -98,7 +100,8 @@ pub(super) fn prepare(args: &LoadgenArgs, manifest: &SetManifest, pool: &Blinded
         .map(|_| {
             let n = args.batch.sample(&mut rng, cap);
             let elements = pool.batch(rng.random_range(0..pool.len()), n);
-            let body = evaluate::encode_evaluate(args.encoding, manifest.key_epoch, &elements);
+            let body =
+                evaluate::encode_evaluate_serialized(args.encoding, manifest.key_epoch, &elements);
             Prepared {
                 body: Bytes::from(body),
                 size: n,
@@ -190,7 +193,7 @@ mod tests {
                 let distinct: std::collections::BTreeSet<[u8; 32]> = request
                     .elements
                     .iter()
-                    .map(BlindedElement::to_bytes)
+                    .map(oprf::BlindedElement::to_bytes)
                     .collect();
                 assert_eq!(distinct.len(), 10);
             }
@@ -228,7 +231,7 @@ mod tests {
         let evaluated: Vec<_> = pool
             .elements
             .iter()
-            .map(|e| key.evaluate_blinded(e))
+            .map(|e| key.evaluate_blinded(&oprf::BlindedElement::from_bytes(e).unwrap()))
             .collect();
         for format in [Format::Binary, Format::Json] {
             let answer = evaluate::encode_evaluated(format, 1, &evaluated);
