@@ -37,6 +37,9 @@ if [ -n "$server_crates$hyper_server" ]; then
 fi
 cargo test --locked --all-targets --features test-hooks
 cargo test --locked --doc --features test-hooks
+# Phone-number normalising against libphonenumber's Python port (phonenumbers, pinned, from PyPI
+# into a venv under target/) on every region's example numbers in five forms.
+scripts/phone-oracle.sh
 # The Kubernetes manifests against the API schemas (kubernetes-validate from PyPI).
 scripts/validate-manifests.sh
 # Every fuzz target for a bounded time (FUZZ_SECONDS each, default 10) on the stable toolchain.
