@@ -528,6 +528,7 @@ mod tests {
         Contact {
             name: name.to_owned(),
             numbers: numbers.iter().map(|&n| n.to_owned()).collect(),
+            unknown_charsets: Vec::new(),
         }
     }
 
