@@ -858,10 +858,31 @@ mod tests {
                 "{raw} in {region:?}"
             );
         }
+        // A 14-digit Russian number that starts with 8 is possible as it stands, and its 8 is
+        // no trunk prefix: without it 13 digits are left, a length no Russian number has.
+        assert_eq!(
+            norm(None, "+7 8812 345 678 9012").as_deref(),
+            Ok("+788123456789012")
+        );
         // Still refused: a US number without its area code, even though Canada has 7-digit
         // numbers (in 310 only).
         assert_eq!(norm(None, "+1 555-0100"), Err(NormaliseError::Invalid));
         assert_eq!(norm(Some("US"), "555-0100"), Err(NormaliseError::Invalid));
+    }
+
+    #[test]
+    fn a_shared_calling_codes_region_is_found_as_libphonenumber_finds_it() {
+        let region = |code, national| region_of(code, national).map(Metadata::id);
+        // By leading digits, matched from the first digit: Svalbard's 79, though Norway's
+        // 7[0-8] or [02-689] occur further on.
+        assert_eq!(region(47, "79123456"), Some("SJ"));
+        assert_eq!(region(47, "22123456"), Some("NO"));
+        // By number types where a region has no leading digits: Canada's 310 numbers.
+        assert_eq!(region(1, "3101234"), Some("CA"));
+        assert_eq!(region(1, "5550100"), None);
+        // A calling code of one region is that region's.
+        assert_eq!(region(49, "1"), Some("DE"));
+        assert_eq!(region(999, "1"), None);
     }
 
     #[test]
