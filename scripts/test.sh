@@ -60,6 +60,9 @@ BIN=${CARGO_TARGET_DIR:-target}/debug/contact-discovery scripts/schemathesis.sh
 # cargo test just built) and run under a Docker daemon of its own: non-root, read-only, healthy,
 # a discovery inside, SIGTERM draining. Skips, loudly, only if no daemon can run here.
 scripts/container-test.sh
+# Phone-number normalising against libphonenumber's Python port (phonenumbers, pinned, from PyPI
+# into a venv under target/) on every region's example numbers in five forms.
+scripts/phone-oracle.sh
 # The Kubernetes manifests against the API schemas (kubernetes-validate from PyPI).
 scripts/validate-manifests.sh
 # Every fuzz target for a bounded time (FUZZ_SECONDS each, default 10) on the stable toolchain.

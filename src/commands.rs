@@ -249,6 +249,18 @@ pub async fn discover(
 
     let contacts = read_file_with_phone_columns(&args.contacts, &args.phone_columns)
         .map_err(|e| CommandError::Refused(e.to_string()))?;
+    // A charset the reader does not know cost the card its name's letters, not its numbers:
+    // said per card (its place in the file, never its data), and the run goes on.
+    for (index, contact) in contacts.iter().enumerate() {
+        for label in &contact.unknown_charsets {
+            eprintln!(
+                "warning: contact {} in {}: unknown character set {label:?}, read as UTF-8 \
+                 (its name may show \u{FFFD}; its numbers are read as written)",
+                index + 1,
+                args.contacts.display()
+            );
+        }
+    }
     let normaliser = normaliser_for(args.region.as_deref())?;
     let book = normalise_book(&contacts, &normaliser);
     let mut config = ClientConfig::new(args.server.clone(), args.credential.clone());

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use contact_discovery::client::addressbook::{
-    AddressBookError, Contact, NO_NAME, read_csv, read_file, read_vcard,
+    AddressBookError, Contact, NO_NAME, read_csv, read_file, read_vcard, read_vcard_bytes,
 };
 use contact_discovery::client::normalise::{NormaliseError, Normaliser, normalise_book};
 use proptest::prelude::*;
@@ -84,6 +84,62 @@ fn android_vcard_2_1_with_quoted_printable_names() {
         ]
     );
     assert!(rejected.is_empty());
+}
+
+#[test]
+fn vcard_2_1_names_in_their_declared_charsets() {
+    // Outlook's and old phones' exports: names (and numbers) in Windows-1252, ISO-8859-1 or
+    // UTF-8, as the bytes themselves or quoted-printable (issue 15).
+    let contacts = read_file(&fixture("charsets-2.1.vcf")).unwrap();
+    assert_eq!(
+        names(&contacts),
+        [
+            "Jürgen Müller",
+            "€-Büro Œuvre",
+            "Zoë Müller",
+            "Renée Dürr",
+            "Élodie Œuvre €",
+            "Zo\u{FFFD} Unbekannt",
+        ]
+    );
+    assert_eq!(numbers(&contacts[0]), ["+49 30 1234567", "0151 1234 5601"]);
+    assert_eq!(numbers(&contacts[1]), ["+44 7700 900125"]);
+    assert_eq!(numbers(&contacts[2]), ["030 12345602"]);
+    assert_eq!(numbers(&contacts[4]), ["+33 6 39 98 12 35"]);
+    // A charset the reader does not know: read as UTF-8, and the contact says which.
+    let unknown: Vec<&[String]> = contacts
+        .iter()
+        .map(|c| c.unknown_charsets.as_slice())
+        .collect();
+    assert_eq!(
+        unknown,
+        [&[][..], &[], &[], &[], &[], &["X-MAC-KLINGON".to_owned()]]
+    );
+
+    let (e164, rejected) = normalised_in_germany(&contacts);
+    assert_eq!(
+        e164,
+        [
+            "+49301234567",
+            "+4915112345601",
+            "+447700900125",
+            "+493012345602",
+            "+4915112345602",
+            "+33639981235",
+            "+4915112345603",
+        ]
+    );
+    assert!(rejected.is_empty());
+
+    // The same bytes under another name are sniffed as vCard and read the same way.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("export.txt");
+    std::fs::copy(fixture("charsets-2.1.vcf"), &path).unwrap();
+    assert_eq!(read_file(&path).unwrap(), contacts);
+    assert_eq!(
+        read_vcard_bytes(&std::fs::read(fixture("charsets-2.1.vcf")).unwrap()).unwrap(),
+        contacts
+    );
 }
 
 #[test]
@@ -307,6 +363,7 @@ proptest! {
         }
         let _ = read_csv(&bytes);
         let _ = read_vcard(&String::from_utf8_lossy(&bytes));
+        let _ = read_vcard_bytes(&bytes);
     }
 
     /// Arbitrary bytes as either format: never a panic.
@@ -314,5 +371,6 @@ proptest! {
     fn readers_never_panic_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = read_csv(&bytes);
         let _ = read_vcard(&String::from_utf8_lossy(&bytes));
+        let _ = read_vcard_bytes(&bytes);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use contact_discovery::client::addressbook::{read_csv, read_vcard};
+use contact_discovery::client::addressbook::{read_csv, read_vcard, read_vcard_bytes};
 use contact_discovery::client::normalise::Normaliser;
 use contact_discovery::domain::{CredentialKey, E164};
 use contact_discovery::protocol::gcs::{self, Limits, ShardIndex};
@@ -186,6 +186,7 @@ fn registry_files() {
 fn address_books() {
     for data in corpus("vcard") {
         let _ = read_vcard(&String::from_utf8_lossy(&data));
+        let _ = read_vcard_bytes(&data);
     }
     for data in corpus("csv") {
         let _ = read_csv(&data);

@@ -783,6 +783,41 @@ async fn discover_cli_finds_the_registered_example_contacts() {
     let report: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
     assert_eq!(report["summary"]["unique_numbers"], 1, "{report}");
 
+    // A vCard 2.1 export in Windows-1252, ISO-8859-1 and UTF-8 (issue 15): the names come out
+    // right, and the card whose charset the reader does not know is named on stderr.
+    let charsets =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/addressbooks/charsets-2.1.vcf");
+    let out = Command::new(BIN)
+        .args(["discover", "--server", &format!("http://{}", server.public)])
+        .args([
+            "--credential",
+            &token,
+            "--region",
+            "DE",
+            "--json",
+            "--contacts",
+        ])
+        .arg(&charsets)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("warning: contact 6 in") && said.contains("\"X-MAC-KLINGON\""),
+        "{said}"
+    );
+    assert_eq!(said.matches("unknown character set").count(), 1, "{said}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = report["contacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names[..2], ["Jürgen Müller", "€-Büro Œuvre"]);
+    assert_eq!(report["summary"]["unique_numbers"], 7, "{report}");
+    assert_eq!(report["summary"]["unparseable"], 0, "{report}");
+
     // Without a credential the CLI fails with the server's reason, not a crash.
     let out = Command::new(BIN)
         .args([

@@ -8,8 +8,10 @@ use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use calcard::vcard::{VCard, VCardProperty, VCardValue};
+use calcard::vcard::{VCard, VCardParameterName, VCardParameterValue, VCardProperty, VCardValue};
 use calcard::{Entry, Parser};
+
+mod charset;
 
 /// The name given to a contact whose file gives none.
 pub const NO_NAME: &str = "(no name)";
@@ -22,6 +24,10 @@ pub struct Contact {
     /// Phone numbers as written (vCard lines unfolded and unescaped, whitespace trimmed), in file
     /// order; may be empty.
     pub numbers: Vec<String>,
+    /// The character sets the card declares (`CHARSET=`) for its names or numbers that the
+    /// reader does not know, each once, as labels cut down to ASCII letters, digits, `-`, `_`
+    /// and `.`. Those values were read as UTF-8: the name may show U+FFFD (digits survive).
+    pub unknown_charsets: Vec<String>,
 }
 
 impl fmt::Debug for Contact {
@@ -30,6 +36,7 @@ impl fmt::Debug for Contact {
         f.debug_struct("Contact")
             .field("name", &"<redacted>")
             .field("numbers", &self.numbers.len())
+            .field("unknown_charsets", &self.unknown_charsets)
             .finish()
     }
 }
@@ -78,8 +85,37 @@ pub enum AddressBookError {
 /// Every card becomes a contact, in file order, even with no number or no properties at all:
 /// the index of a contact is then simply its position in the file, which is what a user sees
 /// when told "contact 7 has an unreadable number". Lines outside cards are ignored.
+///
+/// Quoted-printable names and numbers are decoded in the charset they declare (`CHARSET=`,
+/// vCard 2.1); `text` is text already, so other values are taken as they are. A file's bytes,
+/// whose plain values may be in a declared charset too, go to [`read_vcard_bytes`].
 pub fn read_vcard(text: &str) -> Result<Vec<Contact>, AddressBookError> {
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
+    read_cards(&charset::values_in_declared_charsets(
+        text.as_bytes(),
+        charset::Values::Text,
+    ))
+}
+
+/// Reads every vCard in a file's bytes, as [`read_vcard`] does: UTF-8 (a BOM dropped) or
+/// UTF-16 with a BOM; in UTF-8, names and numbers that declare a charset (`CHARSET=Windows-1252`,
+/// `ISO-8859-1`, `UTF-8`, … as old phones and Outlook write vCard 2.1), plain or
+/// quoted-printable, are decoded from it. A charset the reader does not know is read as UTF-8
+/// and named in the contact's [`Contact::unknown_charsets`]; every other byte that is not UTF-8
+/// becomes U+FFFD.
+pub fn read_vcard_bytes(bytes: &[u8]) -> Result<Vec<Contact>, AddressBookError> {
+    if bytes.starts_with(b"\xFF\xFE") || bytes.starts_with(b"\xFE\xFF") {
+        return read_vcard(&decode(bytes));
+    }
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    read_cards(&charset::values_in_declared_charsets(
+        bytes,
+        charset::Values::Bytes,
+    ))
+}
+
+/// [`read_vcard`] on text whose declared charsets have been dealt with.
+fn read_cards(text: &str) -> Result<Vec<Contact>, AddressBookError> {
     let mut parser = Parser::new(text);
     let mut contacts = Vec::new();
     let mut saw_calendar = false;
@@ -119,7 +155,37 @@ fn contact_from_card(card: &VCard) -> Contact {
         .or_else(|| name_from_n(card))
         .or_else(|| organisation(card))
         .unwrap_or_else(|| NO_NAME.to_owned());
-    Contact { name, numbers }
+    Contact {
+        name,
+        numbers,
+        unknown_charsets: unknown_charsets(card),
+    }
+}
+
+/// The labels of the unknown charsets the card's names and numbers declared, each once (see
+/// [`charset::values_in_declared_charsets`], which marks them).
+fn unknown_charsets(card: &VCard) -> Vec<String> {
+    let mut labels: Vec<String> = Vec::new();
+    let properties = [
+        VCardProperty::Fn,
+        VCardProperty::N,
+        VCardProperty::Org,
+        VCardProperty::Tel,
+    ];
+    for property in &properties {
+        for entry in card.properties(property) {
+            for parameter in &entry.params {
+                if let (VCardParameterName::Other(name), VCardParameterValue::Text(label)) =
+                    (&parameter.name, &parameter.value)
+                    && name.eq_ignore_ascii_case(charset::UNKNOWN_CHARSET_PARAMETER)
+                    && !labels.contains(label)
+                {
+                    labels.push(label.clone());
+                }
+            }
+        }
+    }
+    labels
 }
 
 /// The text of a value; `None` for binary and typed (date, number) values.
@@ -367,6 +433,7 @@ pub fn read_csv_with_phone_columns(
         contacts.push(Contact {
             name: names.name(cell),
             numbers,
+            unknown_charsets: Vec::new(),
         });
     }
     Ok(contacts)
@@ -426,12 +493,11 @@ pub fn read_file_with_phone_columns(
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
     match extension.as_deref() {
-        Some("vcf" | "vcard") => read_vcard(&decode(&bytes)),
+        Some("vcf" | "vcard") => read_vcard_bytes(&bytes),
         Some("csv") => read_csv_with_phone_columns(&bytes, extra),
         _ => {
-            let text = decode(&bytes);
-            if looks_like_vcard(&text) {
-                read_vcard(&text)
+            if looks_like_vcard(&decode(&bytes)) {
+                read_vcard_bytes(&bytes)
             } else {
                 read_csv_with_phone_columns(&bytes, extra).map_err(|error| match error {
                     AddressBookError::NoPhoneColumn | AddressBookError::Csv { .. } => {
@@ -509,6 +575,46 @@ mod tests {
             numbers(&contacts[0]),
             ["+44 7700 900124", "+44 7700 900125"]
         );
+    }
+
+    #[test]
+    fn declared_charsets_in_a_files_bytes() {
+        let bytes =
+            b"\xEF\xBB\xBFBEGIN:VCARD\r\nVERSION:2.1\r\nORG;CHARSET=Windows-1252:\x8Cuvre\r\n\
+                      TEL;CHARSET=ISO-8859-1:+44 7700 900126\r\nEND:VCARD\r\n\
+                      BEGIN:VCARD\r\nVERSION:2.1\r\nN;CHARSET=X-Unknown:Zo\xC3\xAB\r\n\
+                      TEL;CHARSET=X-Other;QUOTED-PRINTABLE:+44=207700=20900127\r\n\
+                      FN;CHARSET=X-Unknown;BASE64:Wm/Dqw==\r\nEND:VCARD\r\n";
+        let contacts = read_vcard_bytes(bytes).unwrap();
+        assert_eq!(names(&contacts), ["Œuvre", "Zoë"]);
+        assert_eq!(numbers(&contacts[0]), ["+44 7700 900126"]);
+        assert_eq!(numbers(&contacts[1]), ["+44 7700 900127"]);
+        assert!(contacts[0].unknown_charsets.is_empty());
+        // Each unknown charset once, in the order the card declares them.
+        assert_eq!(contacts[1].unknown_charsets, ["X-Unknown", "X-Other"]);
+    }
+
+    #[test]
+    fn declared_charsets_in_text_and_utf16() {
+        // Text is text: only quoted-printable values are decoded from their charset.
+        let text = "BEGIN:VCARD\r\nVERSION:2.1\r\nFN;CHARSET=Windows-1252:Müller\r\n\
+                    N;CHARSET=Windows-1252;ENCODING=QUOTED-PRINTABLE:=8Cuvre\r\nEND:VCARD\r\n\
+                    BEGIN:VCARD\r\nVERSION:2.1\r\nN;CHARSET=X-Unknown;QUOTED-PRINTABLE:Zo=C3=AB\r\n\
+                    END:VCARD\r\n";
+        let contacts = read_vcard(text).unwrap();
+        assert_eq!(names(&contacts), ["Müller", "Zoë"]);
+        assert_eq!(contacts[1].unknown_charsets, ["X-Unknown"]);
+        // A UTF-16 file is text once its BOM says how to read it.
+        for bom in [[0xFF, 0xFE], [0xFE, 0xFF]] {
+            let mut bytes = bom.to_vec();
+            let units = text.encode_utf16();
+            if bom[0] == 0xFF {
+                bytes.extend(units.flat_map(u16::to_le_bytes));
+            } else {
+                bytes.extend(units.flat_map(u16::to_be_bytes));
+            }
+            assert_eq!(read_vcard_bytes(&bytes).unwrap(), contacts);
+        }
     }
 
     #[test]
@@ -662,6 +768,7 @@ mod tests {
         let contact = Contact {
             name: "Anna".into(),
             numbers: vec!["0151 1234 5678".into()],
+            unknown_charsets: vec!["X-Foo".into()],
         };
         let debug = format!("{contact:?}");
         assert!(
@@ -684,6 +791,9 @@ mod tests {
             Just("ORG:".to_owned()),
             Just(";ENCODING=QUOTED-PRINTABLE:=".to_owned()),
             Just(";ENCODING=b:".to_owned()),
+            Just(";CHARSET=Windows-1252:".to_owned()),
+            Just(";CHARSET=X-Unknown;QUOTED-PRINTABLE:=".to_owned()),
+            Just("=\r\n".to_owned()),
             Just("BEGIN:VCALENDAR".to_owned()),
             Just("\r\n".to_owned()),
             Just("\n".to_owned()),
@@ -698,6 +808,16 @@ mod tests {
         #[test]
         fn read_vcard_never_panics(text in vcardish()) {
             let _ = read_vcard(&text);
+        }
+
+        #[test]
+        fn read_vcard_bytes_never_panics(
+            text in vcardish(),
+            bytes in prop::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let mut all = text.into_bytes();
+            all.extend(bytes);
+            let _ = read_vcard_bytes(&all);
         }
 
         #[test]

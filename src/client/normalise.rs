@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use phonenumber::country::Id;
-use phonenumber::metadata::{DATABASE, Metadata};
+use phonenumber::metadata::{DATABASE, Descriptor, Metadata};
 
 use crate::client::addressbook::Contact;
 use crate::domain::E164;
@@ -100,7 +100,8 @@ impl Normaliser {
             .default_region
             .and_then(|id| DATABASE.by_id(id.as_ref()));
 
-        let parsed = match international_form(text, region_meta) {
+        let international = international_form(text, region_meta);
+        let parsed = match &international {
             // International forms are parsed without the default region on purpose:
             // `phonenumber` strips the *default region's* national prefix from a foreign
             // number (with region US, "+49 151 1234 5678" loses the "1" of "151"), so the
@@ -119,22 +120,38 @@ impl Normaliser {
         // The extension (`ext. 12`, `;ext=12`) is dropped: it routes a call inside a switchboard
         // and is no part of the subscriber's E.164 number.
         let code = parsed.code().value();
-        let national = parsed.national().to_string();
-        let meta = DATABASE
+        let read = parsed.national().to_string();
+        let main = DATABASE
             .by_code(&code)
             .and_then(|metas| metas.into_iter().next())
             .ok_or(NormaliseError::UnknownCountryCode)?;
-        let national = if is_possible(meta, &national) {
-            national.as_str()
+        // Possible in the code's main region, or in the region of a shared code it belongs to.
+        let possible = |national: &str| {
+            is_possible(main, national)
+                || region_of(code, national).is_some_and(|meta| is_possible(meta, national))
+        };
+        let national = if possible(&read) {
+            read
         } else {
-            // "+44 (0)7700 900123": for a calling code shared by several regions `phonenumber`
-            // strips the bracketed trunk prefix only from numbers it finds valid, so a merely
-            // possible one keeps its 0. Strip it here, but only if that yields a possible number
-            // (Italian numbers, for one, really do start with 0).
-            meta.national_prefix()
-                .and_then(|prefix| national.strip_prefix(prefix))
-                .filter(|stripped| is_possible(meta, stripped))
-                .ok_or(NormaliseError::Invalid)?
+            // `phonenumber` takes prefixes off that libphonenumber keeps ("+7 800 123-45-67"
+            // loses the 8 of its toll-free range, "+370 800 12 345" two digits), and for a
+            // calling code shared by several regions keeps a bracketed trunk prefix
+            // ("+44 (0)7700 900123") that libphonenumber takes off. Read the digits as written
+            // again, the way libphonenumber does, in the metadata it uses for them: the default
+            // region's for a national form, the calling code's main region's otherwise.
+            let (strip_meta, written_code) = match &international {
+                Some(candidate) => (main, Some(candidate.as_ref())),
+                None => (region_meta.unwrap_or(main), None),
+            };
+            national_as_written(
+                written_code.unwrap_or(text),
+                written_code.map(|_| code),
+                parsed.extension().map(|e| e.as_ref()),
+                &read,
+            )
+            .map(|digits| strip_national_prefix(strip_meta, &digits).to_owned())
+            .filter(|national| possible(national))
+            .ok_or(NormaliseError::Invalid)?
         };
         E164::parse(&format!("+{code}{national}")).map_err(|_| NormaliseError::Invalid)
     }
@@ -177,7 +194,19 @@ fn is_possible(meta: &Metadata, national: &str) -> bool {
     let descriptors = meta.descriptors();
     // `phonenumber` leaves the general descriptor's lengths empty, so take the union of the
     // lengths of the number types (the general lengths are defined as exactly that union).
-    let typed = [
+    let length_ok = u16::try_from(national.len()).is_ok_and(|len| {
+        number_types(meta)
+            .iter()
+            .flatten()
+            .any(|descriptor| descriptor.possible_length().contains(&len))
+    });
+    length_ok && descriptors.general().is_match(national)
+}
+
+/// The descriptors of the number types (fixed line, mobile, toll-free, …) in `meta`.
+fn number_types(meta: &Metadata) -> [Option<&Descriptor>; 10] {
+    let descriptors = meta.descriptors();
+    [
         descriptors.fixed_line(),
         descriptors.mobile(),
         descriptors.toll_free(),
@@ -188,14 +217,83 @@ fn is_possible(meta: &Metadata, national: &str) -> bool {
         descriptors.pager(),
         descriptors.uan(),
         descriptors.voicemail(),
-    ];
-    let length_ok = u16::try_from(national.len()).is_ok_and(|len| {
-        typed
+    ]
+}
+
+/// The metadata of the region a number of calling code `code` belongs to, as libphonenumber
+/// finds it: for a calling code shared by several regions (+1, +7, +44, …), the first whose
+/// leading digits or number types fit `national`; `None` if none does (the caller then takes
+/// the code's main region). So a Canadian `+1 310-1234` is judged by Canada's lengths, which
+/// the United States' (the main region of +1) do not have.
+fn region_of(code: u16, national: &str) -> Option<&'static Metadata> {
+    let metas = DATABASE.by_code(&code)?;
+    if metas.len() == 1 {
+        return metas.into_iter().next();
+    }
+    metas.into_iter().find(|meta| match meta.leading_digits() {
+        Some(leading) => leading.find(national).is_some_and(|m| m.start() == 0),
+        None => number_types(meta)
             .iter()
             .flatten()
-            .any(|descriptor| descriptor.possible_length().contains(&len))
-    });
-    length_ok && descriptors.general().is_match(national)
+            .any(|descriptor| descriptor.is_match(national)),
+    })
+}
+
+/// The national number's digits as written in `text` (what `phonenumber` was given), before
+/// any prefix is taken off: its decimal digits, less the country code `code` in front (for an
+/// international form) and the extension at the end. `None` unless those digits end in `read`,
+/// the national number `phonenumber` made of them: when letters stand for digits ("1-800-FLOWERS")
+/// or a `phone-context` names the country, the text's digits are not the number's, and nothing
+/// is guessed.
+fn national_as_written(
+    text: &str,
+    code: Option<u16>,
+    extension: Option<&str>,
+    read: &str,
+) -> Option<String> {
+    let digits: String = text.chars().filter_map(decimal_digit).collect();
+    let extension: String = extension
+        .unwrap_or_default()
+        .chars()
+        .filter_map(decimal_digit)
+        .collect();
+    let digits = digits.strip_suffix(extension.as_str())?;
+    let digits = match code {
+        Some(code) => digits.strip_prefix(code.to_string().as_str())?,
+        None => digits,
+    };
+    digits.ends_with(read).then(|| digits.to_owned())
+}
+
+/// `digits` without the national (trunk) prefix, taken off as libphonenumber's
+/// `maybeStripNationalPrefixAndCarrierCode` and `parse` do: only where the region's pattern for
+/// it matches at the start, not if that turns a number of the region's general pattern into one
+/// that is not (Russia's toll-free 800… does not lose its 8), and only if what is left has a
+/// possible length. A region that rewrites the rest (`national_prefix_transform_rule`:
+/// Argentina, Mexico, …) is left as written.
+fn strip_national_prefix<'d>(meta: &Metadata, digits: &'d str) -> &'d str {
+    if meta.national_prefix_transform_rule().is_some() {
+        return digits;
+    }
+    // Without a pattern of its own, the national prefix itself is the pattern (as
+    // libphonenumber's metadata builder fills it in; `phonenumber` leaves it empty).
+    let rest = match meta.national_prefix_for_parsing() {
+        Some(prefix) => prefix
+            .find(digits)
+            .filter(|found| found.start() == 0)
+            .map(|found| &digits[found.end()..]),
+        None => meta
+            .national_prefix()
+            .and_then(|prefix| digits.strip_prefix(prefix)),
+    };
+    let Some(rest) = rest else {
+        return digits;
+    };
+    let general = meta.descriptors().general();
+    if general.is_match(digits) && !general.is_match(rest) || !is_possible(meta, rest) {
+        return digits;
+    }
+    rest
 }
 
 /// If `text` is written in international form (`+`, `00` or the region's international prefix,
@@ -430,6 +528,7 @@ mod tests {
         Contact {
             name: name.to_owned(),
             numbers: numbers.iter().map(|&n| n.to_owned()).collect(),
+            unknown_charsets: Vec::new(),
         }
     }
 
@@ -724,6 +823,66 @@ mod tests {
             norm(None, "+999 1234 5678"),
             Err(NormaliseError::UnknownCountryCode)
         );
+    }
+
+    #[test]
+    fn prefixes_libphonenumber_keeps_are_kept() {
+        // Issue 15, found by the oracle (tests/phone_oracle.rs): ranges whose first digit is the
+        // trunk prefix's lost it, and with it the number (`phonenumber` alone strips it).
+        for (region, raw, e164) in [
+            (None, "+7 800 123-45-67", "+78001234567"),
+            (Some("RU"), "8 (800) 123-45-67", "+78001234567"),
+            (Some("KZ"), "8 (808) 123-45-67", "+78081234567"),
+            (Some("BY"), "8 801 123 4567", "+3758011234567"),
+            (None, "00 375 801 123 4567", "+3758011234567"),
+            (None, "+370 800 12 345", "+37080012345"),
+            (Some("LT"), "+370 808 12 345", "+37080812345"),
+            // A Rwandan number that starts with Rwanda's calling code.
+            (Some("RW"), "250 123 456", "+250250123456"),
+            // Canada's 7-digit 310 numbers: judged by Canada's lengths, not by the US's.
+            (None, "+1 310-1234", "+13101234"),
+            (Some("CA"), "310-1234", "+13101234"),
+            (None, "+800 1234 5678", "+80012345678"),
+            // Gabon's old 8-digit mobile numbers keep their 0, as in libphonenumber; the 7-digit
+            // form is another number there.
+            (Some("GA"), "06 03 14 39", "+24106031439"),
+            (None, "+241 6 03 14 39", "+2416031439"),
+            // The trunk prefix still goes where it is one.
+            (Some("RU"), "8 (495) 123-45-67", "+74951234567"),
+            (Some("BY"), "8 017 123-45-67", "+375171234567"),
+            (Some("LT"), "8 612 34567", "+37061234567"),
+        ] {
+            assert_eq!(
+                norm(region, raw).as_deref(),
+                Ok(e164),
+                "{raw} in {region:?}"
+            );
+        }
+        // A 14-digit Russian number that starts with 8 is possible as it stands, and its 8 is
+        // no trunk prefix: without it 13 digits are left, a length no Russian number has.
+        assert_eq!(
+            norm(None, "+7 8812 345 678 9012").as_deref(),
+            Ok("+788123456789012")
+        );
+        // Still refused: a US number without its area code, even though Canada has 7-digit
+        // numbers (in 310 only).
+        assert_eq!(norm(None, "+1 555-0100"), Err(NormaliseError::Invalid));
+        assert_eq!(norm(Some("US"), "555-0100"), Err(NormaliseError::Invalid));
+    }
+
+    #[test]
+    fn a_shared_calling_codes_region_is_found_as_libphonenumber_finds_it() {
+        let region = |code, national| region_of(code, national).map(Metadata::id);
+        // By leading digits, matched from the first digit: Svalbard's 79, though Norway's
+        // 7[0-8] or [02-689] occur further on.
+        assert_eq!(region(47, "79123456"), Some("SJ"));
+        assert_eq!(region(47, "22123456"), Some("NO"));
+        // By number types where a region has no leading digits: Canada's 310 numbers.
+        assert_eq!(region(1, "3101234"), Some("CA"));
+        assert_eq!(region(1, "5550100"), None);
+        // A calling code of one region is that region's.
+        assert_eq!(region(49, "1"), Some("DE"));
+        assert_eq!(region(999, "1"), None);
     }
 
     #[test]
