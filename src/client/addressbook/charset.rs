@@ -295,6 +295,11 @@ mod tests {
             bytes(b"item1.tel;type=CELL;charset=\"windows-1252\";X-A=b:+49 \xA0151\n"),
             "item1.tel;type=CELL;X-A=b:+49 \u{A0}151\r\n"
         );
+        // vCard 2.1's bare parameters (types) are kept, and are no encoding.
+        assert_eq!(
+            bytes(b"TEL;CELL;PREF;CHARSET=Windows-1252:+49\xA0151\r\n"),
+            "TEL;CELL;PREF:+49\u{A0}151\r\n"
+        );
         // Other properties and lines without a charset are passed on, invalid UTF-8 lossily.
         assert_eq!(
             bytes(b"NOTE;CHARSET=Windows-1252:M\xFCller\nFN:M\xFCller\nFN:Zo\xC3\xAB\n"),
