@@ -404,6 +404,20 @@ pub fn run_and_print(args: &LoadgenArgs) -> Result<(), LoadgenError> {
     Ok(())
 }
 
+/// `loadgen`'s flags parsed as the command line would, for the tests of this module's parts.
+#[cfg(test)]
+pub(super) fn parse_args(flags: &[&str]) -> LoadgenArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LoadgenArgs,
+    }
+    Cli::try_parse_from([&["loadgen"], flags].concat())
+        .unwrap()
+        .args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,16 +426,7 @@ mod tests {
     /// flag; the same settings pass in the hashed mode.
     #[test]
     fn the_private_mode_refuses_what_does_not_apply_to_it() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: LoadgenArgs,
-        }
-        let check = |flags: &[&str]| {
-            let cli = Cli::try_parse_from([&["loadgen"], flags].concat()).unwrap();
-            validate(&cli.args).map_err(|e| e.to_string())
-        };
+        let check = |flags: &[&str]| validate(&parse_args(flags)).map_err(|e| e.to_string());
         assert!(check(&["--mode", "private"]).is_ok());
         for (flag, value) in [
             ("--hit-ratio", "0.5"),

@@ -141,15 +141,7 @@ mod tests {
     }
 
     fn args(encoding: Format, batch: BatchSizes) -> LoadgenArgs {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: LoadgenArgs,
-        }
-        let mut args = Cli::try_parse_from(["loadgen", "--mode", "private"])
-            .unwrap()
-            .args;
+        let mut args = crate::tools::loadgen::parse_args(&["--mode", "private"]);
         args.encoding = encoding;
         args.batch = batch;
         args.bodies = 8;
